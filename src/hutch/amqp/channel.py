@@ -1,0 +1,893 @@
+"""An AMQP channel: declarations, publishing with confirms, consuming, acks.
+
+A ``Channel`` object outlives the broker-side channel it stands for. It records what it declared
+(exchanges, queues, bindings, QoS, consumers); on a robust connection, after the connection (or the
+broker) dropped the channel, the same object opens a new one and replays that record, so user code
+and the patterns keep their references. On a plain connection a dropped channel stays closed.
+
+Publishing, delivery and acks are the hot path: they go through ``frames``' hand-written codec and
+the link's coalesced writes, with one future per confirmed publish and no task per delivery
+unless the consumer callback is a coroutine function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from pamqp import commands as spec
+
+from hutch.abc import ChannelState, CloseListener, ConsumerCallback, QueueInfo, ReturnListener
+from hutch.amqp import frames
+from hutch.exceptions import (
+    AccessRefused,
+    ConnectionClosed,
+    ConnectionLost,
+    HutchError,
+    HutchTimeoutError,
+    ProtocolError,
+    PublishNacked,
+    ResourceLocked,
+    Unroutable,
+    channel_error,
+)
+from hutch.message import IncomingMessage, Message, make_incoming
+
+if TYPE_CHECKING:
+    from hutch.amqp.connection import Connection
+    from hutch.amqp.link import Link
+
+log = logging.getLogger("hutch")
+
+
+_encode_publish = frames.encode_publish
+_DELIVER, _GET, _RETURN = 1, 2, 3
+_tag_counter = itertools.count(1)
+_TAG_PREFIX = f"hutch.{os.getpid()}.{os.urandom(3).hex()}"
+
+
+class _Consumer:
+    __slots__ = ("method", "callback")
+
+    def __init__(self, method: spec.Basic.Consume, callback: ConsumerCallback) -> None:
+        self.method = method
+        self.callback = callback
+
+
+def _method_name(class_id: int | None, method_id: int | None) -> str:
+    if not class_id:
+        return ""
+    cls = spec.INDEX_MAPPING.get((class_id << 16) | (method_id or 0))
+    return str(getattr(cls, "name", f"{class_id}.{method_id}"))
+
+
+class Channel:
+    """A channel on an AMQP ``Connection``; get one with ``await connection.channel()``."""
+
+    def __init__(self, connection: Connection, number: int, publisher_confirms: bool) -> None:
+        self._connection = connection
+        self._loop = asyncio.get_running_loop()
+        self.number = number
+        self.publisher_confirms = publisher_confirms
+        self._state = ChannelState.OPENING
+        self._link: Link | None = None
+        self._epoch = 0
+        self._opened = asyncio.Event()
+        self._closed_error: HutchError | None = None
+        self._reopen_task: asyncio.Task[None] | None = None
+        # synchronous methods in flight, answered in order: (future, expected names, extra)
+        self._waiters: deque[tuple[asyncio.Future[Any], tuple[str, ...], Any]] = deque()
+        # publisher confirms
+        self._seq = 0
+        self._floor = 0
+        self._unconfirmed: dict[int, asyncio.Future[None]] = {}
+        self._mandatory: dict[int, tuple[str, str, bytes]] = {}
+        self._returned: dict[int, Unroutable] = {}
+        # content being assembled
+        self._content_kind = 0
+        self._content_msg: IncomingMessage | None = None
+        self._content_target: Any = None
+        self._body_left = 0
+        self._body_parts: list[bytes] = []
+        # what to replay after a reconnect
+        self._qos: spec.Basic.Qos | None = None
+        self._exchanges: dict[str, spec.Exchange.Declare] = {}
+        self._queues: dict[str, spec.Queue.Declare] = {}
+        self._bindings: dict[tuple[Any, ...], spec.Queue.Bind | spec.Exchange.Bind] = {}
+        self._consumers: dict[str, _Consumer] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._return_listeners: list[ReturnListener] = []
+        self._close_listeners: list[CloseListener] = []
+        self._shortstrs: dict[str, bytes] = {}
+
+    def __repr__(self) -> str:
+        return f"<hutch.Channel {self.number} {self._state.value}>"
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ChannelState:
+        """``OPENING`` (also while a robust connection restores it), ``OPEN`` or ``CLOSED``."""
+        return self._state
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether the channel is closed for good (a robust channel that is reopening is not)."""
+        return self._state is ChannelState.CLOSED
+
+    @property
+    def connection(self) -> Connection:
+        return self._connection
+
+    def add_return_listener(self, listener: ReturnListener) -> None:
+        """Call ``listener(Unroutable)`` for every mandatory message the broker returns."""
+        self._return_listeners.append(listener)
+
+    def remove_return_listener(self, listener: ReturnListener) -> None:
+        self._return_listeners.remove(listener)
+
+    def add_close_listener(self, listener: CloseListener) -> None:
+        """Call ``listener(channel, error)`` once the channel is closed for good."""
+        self._close_listeners.append(listener)
+
+    def remove_close_listener(self, listener: CloseListener) -> None:
+        self._close_listeners.remove(listener)
+
+    async def __aenter__(self) -> Channel:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- opening, losing, restoring ---------------------------------------------------------
+
+    def _call_on(self, link: Link, method: frames.Method, extra: Any = None) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._waiters.append((future, tuple(method.valid_responses), extra))
+        link.write(frames.encode_method(self.number, method))
+        return future
+
+    async def _open_on(self, link: Link) -> None:
+        """Open the broker-side channel on ``link`` (QoS, confirms and topology not included)."""
+        self._link = link
+        self._epoch += 1
+        self._seq = 0
+        self._floor = 0
+        self._content_msg = None
+        await self._call_on(link, spec.Channel.Open())
+        if self.publisher_confirms:
+            await self._call_on(link, spec.Confirm.Select())
+
+    async def _open(self, link: Link) -> None:
+        await self._open_on(link)
+        self._set_open()
+
+    def _set_open(self) -> None:
+        self._state = ChannelState.OPEN
+        self._opened.set()
+
+    async def _restore(self, link: Link, locked_until: float) -> None:
+        """Open on ``link`` and replay QoS, exchanges, queues, bindings and consumers.
+
+        A queue or consumer refused as locked (the broker has not yet noticed that the old
+        connection, which held it exclusively, is dead) is retried until ``locked_until``.
+        """
+        delay = 0.1
+        while True:
+            try:
+                await self._open_on(link)
+                if self._qos is not None:
+                    await self._call_on(link, self._qos)
+                for declare in list(self._exchanges.values()):
+                    await self._call_on(link, declare)
+                for queue in list(self._queues.values()):
+                    await self._call_on(link, queue)
+                for bind in list(self._bindings.values()):
+                    await self._call_on(link, bind)
+                for consumer in list(self._consumers.values()):
+                    await self._call_on(link, consumer.method)
+            except (ResourceLocked, AccessRefused) as exc:
+                if time.monotonic() + delay > locked_until or not link.is_open:
+                    raise
+                log.info("restoring channel %d: %s; retrying in %.1f s", self.number, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            self._set_open()
+            return
+
+    def _on_link_lost(self, error: HutchError) -> None:
+        """The connection under this channel went away."""
+        self._link = None
+        self._fail_inflight(error)
+        if self._closed_error is not None:
+            return
+        if self._connection.robust and not isinstance(error, ConnectionClosed):
+            self._state = ChannelState.OPENING
+            self._opened.clear()
+        else:
+            self._finish(error)
+
+    def _fail_inflight(self, error: BaseException) -> None:
+        waiters, self._waiters = self._waiters, deque()
+        for future, _names, _extra in waiters:
+            if not future.done():
+                future.set_exception(error)
+        unconfirmed, self._unconfirmed = self._unconfirmed, {}
+        for future in unconfirmed.values():
+            if not future.done():
+                future.set_exception(error)
+        self._mandatory.clear()
+        self._returned.clear()
+        self._content_msg = None
+        self._content_target = None
+        self._body_parts = []
+
+    def _finish(self, error: HutchError | None) -> None:
+        """Mark the channel closed for good and tell the listeners."""
+        if self._closed_error is not None:
+            return
+        self._state = ChannelState.CLOSED
+        self._closed_error = error or ConnectionClosed(f"channel {self.number} was closed")
+        self._opened.set()  # wake anyone waiting for a reopen; they will see the error
+        self._connection._forget_channel(self)
+        for listener in list(self._close_listeners):
+            try:
+                listener(self, error)
+            except Exception:
+                log.exception("a channel close listener raised")
+
+    def _on_broker_close(self, method: spec.Channel.Close) -> None:
+        link = self._link
+        if link is not None:
+            link.write(frames.encode_method(self.number, spec.Channel.CloseOk()))
+        error = channel_error(
+            method.reply_code or 0,
+            method.reply_text,
+            _method_name(method.class_id, method.method_id),
+        )
+        log.warning("channel %d: %s", self.number, error)
+        self._link = None
+        self._fail_inflight(error)
+        if self._closed_error is not None or self._state is ChannelState.CLOSED:
+            return
+        if self._connection.robust and self._state is ChannelState.OPEN and link is not None:
+            self._state = ChannelState.OPENING
+            self._opened.clear()
+            self._reopen_task = self._connection._spawn(self._reopen(link))
+        elif self._state is not ChannelState.OPENING or not self._connection.robust:
+            self._finish(error)
+
+    async def _reopen(self, link: Link) -> None:
+        """Reopen after the broker closed the channel (robust connections only)."""
+        try:
+            await self._restore(link, time.monotonic() + 5)
+        except (ConnectionLost, ConnectionClosed):
+            pass  # the connection's own reconnect restores this channel
+        except HutchError as exc:
+            log.error("channel %d could not be reopened: %s", self.number, exc)
+            self._fail_inflight(exc)
+            self._finish(exc)
+
+    async def _ready(self) -> Link:
+        """The link to write to once the channel is open, waiting (bounded) for a reconnect."""
+        if self._state is ChannelState.OPEN and self._link is not None:
+            return self._link
+        bound = self._connection.reconnect_timeout
+        if self._state is ChannelState.OPENING and self._connection.robust:
+            try:
+                async with asyncio.timeout(bound):
+                    while self._state is ChannelState.OPENING:
+                        await self._opened.wait()
+            except TimeoutError:
+                raise ConnectionLost(
+                    f"channel {self.number} was not restored within {bound:g} s "
+                    "(the broker is unreachable); try again later or raise reconnect_timeout"
+                ) from None
+        if self._state is ChannelState.OPEN and self._link is not None:
+            return self._link
+        raise self._closed_error or ConnectionClosed(f"channel {self.number} is closed")
+
+    async def _rpc(self, method: frames.Method, extra: Any = None) -> Any:
+        link = self._link if self._state is ChannelState.OPEN else None
+        if link is None:
+            link = await self._ready()
+        return await self._call_on(link, method, extra)
+
+    # -- frames from the broker -------------------------------------------------------------
+
+    def _on_method(self, method: frames.Method) -> None:
+        name = method.name
+        waiters = self._waiters
+        if waiters and name in waiters[0][1]:
+            future, _names, extra = waiters.popleft()
+            if name == "Basic.GetOk":
+                assert isinstance(method, spec.Basic.GetOk)
+                self._start_content(
+                    _GET,
+                    method.delivery_tag or 0,
+                    method.redelivered,
+                    method.exchange,
+                    method.routing_key or "",
+                    "",
+                    (future, method.message_count),
+                    settled=bool(extra),
+                )
+            elif not future.done():
+                future.set_result(None if name == "Basic.GetEmpty" else method)
+            return
+        if isinstance(method, spec.Basic.Return):
+            self._start_content(
+                _RETURN,
+                0,
+                False,
+                method.exchange,
+                method.routing_key or "",
+                "",
+                (method.reply_code or 0, method.reply_text),
+                settled=True,
+            )
+        elif isinstance(method, spec.Basic.Nack):
+            self._on_confirm(method.delivery_tag or 0, 1 if method.multiple else 0, True)
+        elif isinstance(method, spec.Basic.Ack):
+            self._on_confirm(method.delivery_tag or 0, 1 if method.multiple else 0, False)
+        elif isinstance(method, spec.Channel.Close):
+            self._on_broker_close(method)
+        elif isinstance(method, spec.Basic.Cancel):
+            tag = method.consumer_tag or ""
+            if self._consumers.pop(tag, None) is not None:
+                log.warning(
+                    "the broker cancelled consumer %s on channel %d (its queue was deleted or "
+                    "its node went down)",
+                    tag,
+                    self.number,
+                )
+        elif isinstance(method, spec.Channel.Flow):
+            if self._link is not None:
+                reply = spec.Channel.FlowOk(active=method.active)
+                self._link.write(frames.encode_method(self.number, reply))
+        else:
+            raise ProtocolError(
+                f"the broker sent {name} on channel {self.number}, which nothing asked for"
+            )
+
+    def _start_content(
+        self,
+        kind: int,
+        delivery_tag: int,
+        redelivered: bool,
+        exchange: str,
+        routing_key: str,
+        consumer_tag: str,
+        target: Any,
+        *,
+        settled: bool,
+    ) -> None:
+        self._content_kind = kind
+        self._content_target = target
+        self._content_msg = make_incoming(
+            self,
+            self._epoch,
+            delivery_tag,
+            redelivered,
+            exchange,
+            routing_key,
+            consumer_tag,
+            settled,
+        )
+
+    def _on_deliver(
+        self,
+        consumer_tag: str,
+        delivery_tag: int,
+        redelivered: bool,
+        exchange: str,
+        routing_key: str,
+    ) -> None:
+        consumer = self._consumers.get(consumer_tag)
+        no_ack = consumer.method.no_ack if consumer is not None else False
+        self._content_kind = _DELIVER
+        self._content_target = consumer
+        self._content_msg = make_incoming(
+            self,
+            self._epoch,
+            delivery_tag,
+            redelivered,
+            exchange,
+            routing_key,
+            consumer_tag,
+            no_ack,
+        )
+
+    def _on_header(self, data: bytes, start: int, end: int) -> None:
+        message = self._content_msg
+        if message is None:
+            raise ProtocolError(
+                f"the broker sent a content header on channel {self.number} "
+                "without a method announcing it"
+            )
+        size = frames.decode_header(data, start, end, message)
+        if size:
+            self._body_left = size
+            self._body_parts = []
+        else:
+            self._content_done(message)
+
+    def _on_body(self, chunk: bytes) -> None:
+        message = self._content_msg
+        if message is None:
+            raise ProtocolError(
+                f"the broker sent a body frame on channel {self.number} without a content header"
+            )
+        left = self._body_left - len(chunk)
+        if left < 0:
+            raise ProtocolError("the broker sent a longer message body than it announced")
+        self._body_left = left
+        parts = self._body_parts
+        if left == 0 and not parts:
+            message.body = chunk
+        else:
+            parts.append(chunk)
+            if left:
+                return
+            message.body = b"".join(parts)
+            self._body_parts = []
+        self._content_done(message)
+
+    def _content_done(self, message: IncomingMessage) -> None:
+        self._content_msg = None
+        kind = self._content_kind
+        target = self._content_target
+        self._content_target = None
+        if kind == _DELIVER:
+            if target is None:
+                # A delivery to a consumer we cancelled: hand it back to the queue.
+                if not message._settled and self._link is not None:
+                    self._link.write(
+                        frames.encode_nack(self.number, message.delivery_tag, False, True)
+                    )
+                return
+            try:
+                result = target.callback(message)
+            except Exception:
+                log.exception("consumer callback for queue %r raised", target.method.queue)
+                return
+            if result is not None:
+                task = self._loop.create_task(result)
+                self._tasks.add(task)
+                task.add_done_callback(self._task_done)
+        elif kind == _GET:
+            future, count = target
+            message.message_count = count
+            if not future.done():
+                future.set_result(message)
+        else:
+            self._on_return(message, *target)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("consumer callback raised", exc_info=task.exception())
+
+    def _on_return(self, message: IncomingMessage, reply_code: int, reply_text: str) -> None:
+        error = Unroutable(message.exchange, message.routing_key, reply_code, reply_text, message)
+        for tag, (exchange, routing_key, body) in self._mandatory.items():
+            if (
+                tag not in self._returned
+                and routing_key == message.routing_key
+                and exchange == message.exchange
+                and body == message.body
+            ):
+                self._returned[tag] = error
+                break
+        else:
+            if not self._return_listeners:
+                log.warning("%s", error)
+        for listener in list(self._return_listeners):
+            try:
+                listener(error)
+            except Exception:
+                log.exception("a return listener raised")
+
+    def _on_confirm(self, tag: int, bits: int, nack: bool) -> None:
+        unconfirmed = self._unconfirmed
+        if bits & 1:
+            for number in range(self._floor + 1, tag + 1):
+                future = unconfirmed.pop(number, None)
+                if future is not None:
+                    self._resolve(number, future, nack)
+        else:
+            future = unconfirmed.pop(tag, None)
+            if future is not None:
+                self._resolve(tag, future, nack)
+        floor = self._floor
+        seq = self._seq
+        while floor < seq and (floor + 1) not in unconfirmed:
+            floor += 1
+        self._floor = floor
+
+    def _resolve(self, tag: int, future: asyncio.Future[None], nack: bool) -> None:
+        error: HutchError | None = None
+        if self._mandatory and self._mandatory.pop(tag, None) is not None:
+            error = self._returned.pop(tag, None)
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        elif nack:
+            future.set_exception(
+                PublishNacked(
+                    f"the broker nacked message {tag} on channel {self.number}: it did "
+                    "not store it (queue full with reject-publish, or an internal "
+                    "error); publish it again"
+                )
+            )
+        else:
+            future.set_result(None)
+
+    # -- declarations -----------------------------------------------------------------------
+
+    async def set_qos(
+        self, prefetch_count: int = 0, *, prefetch_size: int = 0, global_: bool = False
+    ) -> None:
+        """Limit unacked deliveries per consumer (``global_=True``: per channel)."""
+        method = spec.Basic.Qos(
+            prefetch_size=prefetch_size, prefetch_count=prefetch_count, global_=global_
+        )
+        await self._rpc(method)
+        self._qos = method
+
+    async def exchange_declare(
+        self,
+        exchange: str,
+        type: str = "direct",
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        """Declare an exchange (``passive=True``: only check that it exists)."""
+        method = spec.Exchange.Declare(
+            exchange=exchange,
+            exchange_type=type,
+            passive=passive,
+            durable=durable,
+            auto_delete=auto_delete,
+            internal=internal,
+            arguments=arguments,
+        )
+        await self._rpc(method)
+        if not passive:
+            self._exchanges[exchange] = method
+
+    async def exchange_delete(self, exchange: str, *, if_unused: bool = False) -> None:
+        """Delete an exchange."""
+        await self._rpc(spec.Exchange.Delete(exchange=exchange, if_unused=if_unused))
+        self._exchanges.pop(exchange, None)
+        for key in [k for k in self._bindings if exchange in k[1:3]]:
+            del self._bindings[key]
+
+    async def exchange_bind(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        *,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        """Bind exchange ``destination`` to ``source``."""
+        method = spec.Exchange.Bind(
+            destination=destination, source=source, routing_key=routing_key, arguments=arguments
+        )
+        await self._rpc(method)
+        self._bindings[("x", destination, source, routing_key, repr(arguments))] = method
+
+    async def exchange_unbind(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        *,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        """Remove a binding between two exchanges."""
+        method = spec.Exchange.Unbind(
+            destination=destination, source=source, routing_key=routing_key, arguments=arguments
+        )
+        await self._rpc(method)
+        self._bindings.pop(("x", destination, source, routing_key, repr(arguments)), None)
+
+    async def queue_declare(
+        self,
+        queue: str = "",
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> QueueInfo:
+        """Declare a queue and return its name and counts.
+
+        With ``queue=""`` the broker names the queue; on a robust connection hutch names it
+        instead (``hutch.gen-...``) so that it keeps its name across reconnects.
+        """
+        if not queue and not passive and self._connection.robust:
+            queue = f"hutch.gen-{os.urandom(12).hex()}"
+        method = spec.Queue.Declare(
+            queue=queue,
+            passive=passive,
+            durable=durable,
+            exclusive=exclusive,
+            auto_delete=auto_delete,
+            arguments=arguments,
+        )
+        ok = await self._rpc(method)
+        name = ok.queue
+        if not passive:
+            method.queue = name
+            self._queues[name] = method
+        return QueueInfo(name, ok.message_count or 0, ok.consumer_count or 0)
+
+    async def queue_bind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        *,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        """Bind ``queue`` to ``exchange``."""
+        method = spec.Queue.Bind(
+            queue=queue, exchange=exchange, routing_key=routing_key, arguments=arguments
+        )
+        await self._rpc(method)
+        self._bindings[("q", queue, exchange, routing_key, repr(arguments))] = method
+
+    async def queue_unbind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        *,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        """Remove a binding of ``queue`` to ``exchange``."""
+        method = spec.Queue.Unbind(
+            queue=queue, exchange=exchange, routing_key=routing_key, arguments=arguments
+        )
+        await self._rpc(method)
+        self._bindings.pop(("q", queue, exchange, routing_key, repr(arguments)), None)
+
+    async def queue_purge(self, queue: str) -> int:
+        """Remove every ready message from ``queue``; return how many."""
+        ok = await self._rpc(spec.Queue.Purge(queue=queue))
+        return int(ok.message_count or 0)
+
+    async def queue_delete(
+        self, queue: str, *, if_unused: bool = False, if_empty: bool = False
+    ) -> int:
+        """Delete ``queue``; return how many messages it held."""
+        ok = await self._rpc(spec.Queue.Delete(queue=queue, if_unused=if_unused, if_empty=if_empty))
+        self._forget_queue(queue)
+        return int(ok.message_count or 0)
+
+    def _forget_queue(self, queue: str) -> None:
+        self._queues.pop(queue, None)
+        for key in [k for k in self._bindings if k[0] == "q" and k[1] == queue]:
+            del self._bindings[key]
+        for tag in [t for t, c in self._consumers.items() if c.method.queue == queue]:
+            del self._consumers[tag]
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def _shortstr(self, value: str, what: str) -> bytes:
+        encoded = self._shortstrs.get(value)
+        if encoded is None:
+            encoded = frames.shortstr(value, what)
+            if len(self._shortstrs) > 4096:
+                self._shortstrs.clear()
+            self._shortstrs[value] = encoded
+        return encoded
+
+    async def publish(
+        self,
+        message: Message | bytes,
+        routing_key: str = "",
+        *,
+        exchange: str = "",
+        mandatory: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Publish ``message``; with publisher confirms (the default), return once the broker
+        has taken responsibility for it.
+
+        Raises:
+            Unroutable: ``mandatory=True`` and no queue took the message.
+            PublishNacked: the broker refused the message.
+            ConnectionLost: the connection went away before the confirm came; the broker may or
+                may not have the message, so publish it again (delivery is at least once).
+            HutchTimeoutError: no confirm within ``timeout`` seconds.
+        """
+        if message.__class__ is not Message:
+            if isinstance(message, Message):
+                pass
+            elif isinstance(message, (bytes, bytearray, memoryview)):
+                message = Message(bytes(message))
+            else:
+                raise TypeError(
+                    f"publish() takes a hutch.Message or bytes, not {message.__class__.__name__}"
+                )
+        link = self._link
+        if link is None or not link.writable or self._state is not ChannelState.OPEN:
+            link = await self._ready()
+            if not link.writable:
+                await self._wait_writable(link, timeout)
+        assert isinstance(message, Message)
+        data = _encode_publish(
+            self.number,
+            self._shortstr(exchange, "exchange name"),
+            self._shortstr(routing_key, "routing key"),
+            mandatory,
+            message,
+            self._connection._frame_max,
+        )
+        if not self.publisher_confirms:
+            link.write(data)
+            return
+        self._seq += 1
+        tag = self._seq
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._unconfirmed[tag] = future
+        if mandatory:
+            self._mandatory[tag] = (exchange, routing_key, message.body)
+        link.write(data)
+        if timeout is None:
+            await future
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await future
+        except TimeoutError:
+            raise HutchTimeoutError(
+                f"the broker did not confirm the message within {timeout:g} s; it may still "
+                "arrive, so publish again only if duplicates are acceptable"
+            ) from None
+
+    async def _wait_writable(self, link: Link, timeout: float | None) -> None:
+        if link.blocked is not None:
+            log.info("publishing waits: the broker blocked the connection (%s)", link.blocked)
+        try:
+            async with asyncio.timeout(timeout):
+                await link.wait_writable()
+        except TimeoutError:
+            raise HutchTimeoutError(
+                f"could not publish within {timeout:g} s: the broker blocked this connection "
+                f"({link.blocked}); it is low on memory or disk"
+            ) from None
+
+    # -- consuming --------------------------------------------------------------------------
+
+    async def consume(
+        self,
+        queue: str,
+        callback: ConsumerCallback,
+        *,
+        no_ack: bool = False,
+        exclusive: bool = False,
+        consumer_tag: str = "",
+        arguments: dict[str, Any] | None = None,
+    ) -> str:
+        """Start delivering messages of ``queue`` to ``callback``; return the consumer tag.
+
+        ``callback(message)`` is called for each delivery, in order. If it returns an awaitable
+        (an ``async def`` callback), that runs as a task, so deliveries do not wait for each
+        other; bound them with ``set_qos``. Settle each message with ``await message.ack()``
+        (or ``nack``/``reject``) unless ``no_ack=True``.
+        """
+        tag = consumer_tag or f"{_TAG_PREFIX}.{next(_tag_counter)}"
+        if tag in self._consumers:
+            raise ValueError(f"consumer tag {tag!r} is already in use on this channel")
+        method = spec.Basic.Consume(
+            queue=queue, consumer_tag=tag, no_ack=no_ack, exclusive=exclusive, arguments=arguments
+        )
+        self._consumers[tag] = _Consumer(method, callback)
+        try:
+            await self._rpc(method)
+        except BaseException:
+            self._consumers.pop(tag, None)
+            raise
+        return tag
+
+    async def cancel(self, consumer_tag: str) -> None:
+        """Stop a consumer; deliveries already on their way still reach its callback."""
+        if consumer_tag not in self._consumers:
+            return
+        try:
+            await self._rpc(spec.Basic.Cancel(consumer_tag=consumer_tag))
+        finally:
+            self._consumers.pop(consumer_tag, None)
+
+    async def get(self, queue: str, *, no_ack: bool = False) -> IncomingMessage | None:
+        """Take one message from ``queue``, or ``None`` if it is empty."""
+        result: IncomingMessage | None = await self._rpc(
+            spec.Basic.Get(queue=queue, no_ack=no_ack), no_ack
+        )
+        return result
+
+    def _settle(self, message: IncomingMessage, kind: int, multiple: bool, requeue: bool) -> None:
+        link = self._link
+        if message._epoch != self._epoch or link is None or self._state is not ChannelState.OPEN:
+            log.warning(
+                "not settling delivery %d on channel %d: it came before the channel was lost; "
+                "the broker delivers the message again",
+                message.delivery_tag,
+                self.number,
+            )
+            return
+        if kind == 0:
+            link.write(frames.encode_ack(self.number, message.delivery_tag, multiple))
+        elif kind == 1:
+            link.write(frames.encode_nack(self.number, message.delivery_tag, multiple, requeue))
+        else:
+            link.write(frames.encode_reject(self.number, message.delivery_tag, requeue))
+
+    async def ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
+        """Acknowledge by delivery tag (``message.ack()`` also guards against stale tags)."""
+        link = await self._ready()
+        link.write(frames.encode_ack(self.number, delivery_tag, multiple))
+
+    async def nack(
+        self, delivery_tag: int, *, multiple: bool = False, requeue: bool = True
+    ) -> None:
+        """Negative-acknowledge by delivery tag."""
+        link = await self._ready()
+        link.write(frames.encode_nack(self.number, delivery_tag, multiple, requeue))
+
+    async def reject(self, delivery_tag: int, *, requeue: bool = True) -> None:
+        """Reject by delivery tag."""
+        link = await self._ready()
+        link.write(frames.encode_reject(self.number, delivery_tag, requeue))
+
+    # -- closing ----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the channel; idempotent. Unacked deliveries go back to their queues."""
+        if self._closed_error is not None or self._state is ChannelState.CLOSED:
+            return
+        link = self._link
+        error = ConnectionClosed(f"channel {self.number} was closed")
+        if self._reopen_task is not None:
+            self._reopen_task.cancel()
+        was_open = self._state is ChannelState.OPEN
+        self._state = ChannelState.CLOSED
+        if link is not None and link.is_open and was_open:
+            try:
+                async with asyncio.timeout(5):
+                    await self._call_on(
+                        link,
+                        spec.Channel.Close(
+                            reply_code=200, reply_text="bye", class_id=0, method_id=0
+                        ),
+                    )
+            except (HutchError, TimeoutError):
+                pass
+        self._link = None
+        self._fail_inflight(error)
+        self._finish(None)
+        await self._cancel_tasks()
+
+    async def _cancel_tasks(self) -> None:
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)

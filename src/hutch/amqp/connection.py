@@ -1,0 +1,666 @@
+"""An AMQP 0-9-1 connection: handshake, channels, closing, and (when robust) reconnection.
+
+``connect()`` gives a plain connection: when it is lost, it stays lost and every waiter gets a
+``ConnectionLost``. ``connect_robust()`` gives the same class with ``robust=True``: it reconnects
+with capped, jittered exponential backoff (trying each broker URL in turn) and restores each of
+its channels in place (see ``Channel._restore``); operations made meanwhile wait up to
+``reconnect_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import random
+import ssl as _ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from pamqp import commands as spec
+
+from hutch.abc import ConnectionState
+from hutch.amqp import frames
+from hutch.amqp.channel import Channel
+from hutch.amqp.link import Link
+from hutch.amqp.url import ConnectionParameters, parse_url
+from hutch.exceptions import (
+    AuthenticationError,
+    ConnectError,
+    ConnectionClosed,
+    ConnectionLost,
+    ConnectTimeout,
+    HutchConnectionError,
+    HutchError,
+    ProtocolError,
+    VirtualHostError,
+)
+
+log = logging.getLogger("hutch")
+
+ConnectionCallback = Callable[["Connection"], Awaitable[None] | None]
+CloseCallback = Callable[["Connection", BaseException | None], Awaitable[None] | None]
+
+
+def _version() -> str:
+    from hutch import __version__
+
+    return __version__
+
+
+class Connection:
+    """A connection to a RabbitMQ broker. Use ``hutch.connect`` or ``hutch.connect_robust``."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[ConnectionParameters],
+        *,
+        robust: bool = False,
+        client_properties: dict[str, Any] | None = None,
+        ssl: _ssl.SSLContext | None = None,
+        reconnect_delay: float = 0.5,
+        reconnect_max_delay: float = 10.0,
+        reconnect_timeout: float = 15.0,
+        initial_connect_timeout: float = 15.0,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("connect_robust() needs at least one broker URL")
+        self._endpoints = list(endpoints)
+        self._endpoint_index = 0
+        self.robust = robust
+        self._client_properties = dict(client_properties or {})
+        self._ssl = ssl
+        self.reconnect_delay = reconnect_delay
+        self.reconnect_max_delay = reconnect_max_delay
+        self.reconnect_timeout = reconnect_timeout
+        self.initial_connect_timeout = initial_connect_timeout
+        self._state = ConnectionState.CONNECTING
+        self._link: Link | None = None
+        self._channels: dict[int, Channel] = {}
+        self._channel_max = 2047
+        self._frame_max = 131072
+        self.heartbeat = 0
+        self.server_properties: dict[str, Any] = {}
+        self._ch0_waiter: tuple[Link, asyncio.Future[frames.Method]] | None = None
+        self._close_waiter: asyncio.Future[None] | None = None
+        self._handshaking: Link | None = None
+        self._ready = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._close_task: asyncio.Task[None] | None = None
+        self._reconnect_callbacks: list[ConnectionCallback] = []
+        self._close_callbacks: list[CloseCallback] = []
+        self._error: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return f"<hutch.Connection {self.url} {self._state.value}>"
+
+    # -- public state -----------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The broker currently (or last) in use, password masked."""
+        return self._endpoints[self._endpoint_index].safe_url
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    @property
+    def is_closed(self) -> bool:
+        """True once the connection is closed for good (lost without ``robust``, or closed)."""
+        return self._state is ConnectionState.CLOSED
+
+    @property
+    def is_connected(self) -> bool:
+        return self._state is ConnectionState.CONNECTED
+
+    def add_reconnect_callback(self, callback: ConnectionCallback) -> None:
+        """Call ``callback(connection)`` after each successful reconnect and restore."""
+        self._reconnect_callbacks.append(callback)
+
+    def add_close_callback(self, callback: CloseCallback) -> None:
+        """Call ``callback(connection, error)`` when the connection closes for good."""
+        self._close_callbacks.append(callback)
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- connecting -------------------------------------------------------------------------
+
+    def _ssl_context(self, params: ConnectionParameters) -> _ssl.SSLContext | None:
+        if not params.tls:
+            return None
+        if self._ssl is not None:
+            return self._ssl
+        context = _ssl.create_default_context(cafile=params.cafile)
+        if params.certfile:
+            context.load_cert_chain(params.certfile, params.keyfile)
+        if params.no_verify_ssl:
+            context.check_hostname = False
+            context.verify_mode = _ssl.CERT_NONE
+        return context
+
+    def _properties(self, params: ConnectionParameters) -> dict[str, Any]:
+        props: dict[str, Any] = {
+            "product": "hutch",
+            "version": _version(),
+            "platform": f"Python {platform.python_version()}",
+            "information": "https://pypi.org/project/hutch/",
+            "capabilities": {
+                "authentication_failure_close": True,
+                "basic.nack": True,
+                "connection.blocked": True,
+                "consumer_cancel_notify": True,
+                "exchange_exchange_bindings": True,
+                "publisher_confirms": True,
+                "per_consumer_qos": True,
+            },
+        }
+        if params.name:
+            props["connection_name"] = params.name
+        props.update(self._client_properties)
+        return props
+
+    async def _connect_once(self, params: ConnectionParameters) -> Link:
+        """Open a socket to ``params`` and run the AMQP handshake on it."""
+        loop = asyncio.get_running_loop()
+        link = Link(self._channels, self._on_channel0, self._on_link_lost, params.frame_max)
+        context = self._ssl_context(params)
+        self._handshaking = link
+        try:
+            async with asyncio.timeout(params.connection_timeout):
+                await loop.create_connection(
+                    lambda: link,
+                    params.host,
+                    params.port,
+                    ssl=context,
+                    server_hostname=params.host if context is not None else None,
+                )
+                await self._handshake(link, params)
+        except TimeoutError:
+            link.fail(ConnectTimeout("handshake timed out"))
+            raise ConnectTimeout(
+                f"no AMQP handshake with {params.safe_url} within "
+                f"{params.connection_timeout:g} s; is the broker overloaded, or is this port "
+                "something else?"
+            ) from None
+        except _ssl.SSLCertVerificationError as exc:
+            raise ConnectError(
+                f"TLS certificate verification failed for {params.safe_url}: "
+                f"{exc.verify_message}; pass ssl=<SSLContext> (or ?cafile=) with the CA that "
+                "signed the broker's certificate"
+            ) from exc
+        except _ssl.SSLError as exc:
+            raise ConnectError(f"TLS error talking to {params.safe_url}: {exc}") from exc
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ConnectError(
+                f"could not connect to {params.safe_url}: {reason}; is RabbitMQ running "
+                "and listening there?"
+            ) from exc
+        finally:
+            self._handshaking = None
+            if self._ch0_waiter is not None and self._ch0_waiter[0] is link:
+                self._ch0_waiter = None
+        return link
+
+    async def _expect(self, link: Link, *names: str) -> frames.Method:
+        if link.error is not None:
+            raise link.error
+        future: asyncio.Future[frames.Method] = asyncio.get_running_loop().create_future()
+        self._ch0_waiter = (link, future)
+        method = await future
+        if method.name not in names:
+            raise ProtocolError(f"expected {' or '.join(names)} from the broker, got {method.name}")
+        return method
+
+    async def _handshake(self, link: Link, params: ConnectionParameters) -> None:
+        link.write(frames.PROTOCOL_HEADER)
+        start = await self._expect(link, "Connection.Start")
+        assert isinstance(start, spec.Connection.Start)
+        mechanisms = start.mechanisms.split()
+        if "PLAIN" not in mechanisms:
+            raise ConnectError(
+                f"the broker at {params.safe_url} does not offer PLAIN authentication "
+                f"(it offers {start.mechanisms})"
+            )
+        self.server_properties = dict(start.server_properties or {})
+        response = f"\0{params.username}\0{params.password}"
+        link.write(
+            frames.encode_method(
+                0,
+                spec.Connection.StartOk(
+                    client_properties=self._properties(params),
+                    mechanism="PLAIN",
+                    response=response,
+                    locale="en_US",
+                ),
+            )
+        )
+        tune = await self._expect(link, "Connection.Tune")
+        assert isinstance(tune, spec.Connection.Tune)
+        channel_max = _negotiate(params.channel_max, tune.channel_max)
+        frame_max = _negotiate(params.frame_max, tune.frame_max)
+        heartbeat = (
+            params.heartbeat
+            if params.heartbeat == 0
+            else _negotiate(params.heartbeat, tune.heartbeat)
+        )
+        link.write(
+            frames.encode_method(
+                0,
+                spec.Connection.TuneOk(
+                    channel_max=channel_max, frame_max=frame_max, heartbeat=heartbeat
+                ),
+            )
+        )
+        link.write(frames.encode_method(0, spec.Connection.Open(virtual_host=params.virtual_host)))
+        await self._expect(link, "Connection.OpenOk")
+        self._channel_max = channel_max or 65535
+        self._frame_max = frame_max
+        link.frame_max = frame_max or (1 << 32)
+        self.heartbeat = heartbeat
+        link.start_heartbeat(heartbeat)
+
+    def _on_channel0(self, link: Link, method: frames.Method) -> None:
+        if isinstance(method, spec.Connection.Close):
+            link.write(frames.encode_method(0, spec.Connection.CloseOk()))
+            link.flush_now()
+            link.fail(self._close_error(link, method))
+            return
+        if isinstance(method, spec.Connection.CloseOk):
+            if self._close_waiter is not None and not self._close_waiter.done():
+                self._close_waiter.set_result(None)
+            return
+        if isinstance(method, spec.Connection.Blocked):
+            log.warning("the broker blocked publishing on this connection: %s", method.reason)
+            link.set_blocked(method.reason or "blocked")
+            return
+        if isinstance(method, spec.Connection.Unblocked):
+            log.info("the broker unblocked publishing on this connection")
+            link.set_blocked(None)
+            return
+        waiter = self._ch0_waiter
+        if waiter is not None and waiter[0] is link and not waiter[1].done():
+            self._ch0_waiter = None
+            waiter[1].set_result(method)
+            return
+        raise ProtocolError(f"the broker sent {method.name} on channel 0, which nothing asked for")
+
+    def _close_error(self, link: Link, method: spec.Connection.Close) -> HutchConnectionError:
+        code = method.reply_code or 0
+        text = method.reply_text
+        params = self._endpoints[self._endpoint_index]
+        if link is self._handshaking:
+            if code == 403:
+                return AuthenticationError(
+                    f"the broker refused the login of user {params.username!r} at "
+                    f"{params.safe_url} ({code} {text}); check the user name and password"
+                )
+            if code == 530:
+                return VirtualHostError(
+                    f"the broker refused virtual host {params.virtual_host!r} for user "
+                    f"{params.username!r} ({code} {text}); check that the vhost exists "
+                    "(rabbitmqctl list_vhosts) and that the user has permissions on it"
+                )
+            return ConnectError(f"the broker refused the connection: {code} {text}")
+        return ConnectionLost(
+            f"the broker closed the connection: {code} {text}", reply_code=code, reply_text=text
+        )
+
+    def _on_link_lost(self, link: Link, error: HutchConnectionError) -> None:
+        waiter = self._ch0_waiter
+        if waiter is not None and waiter[0] is link:
+            self._ch0_waiter = None
+            if not waiter[1].done():
+                if isinstance(error, ConnectionLost) and error.reply_code is None:
+                    error = ConnectError(
+                        f"the broker closed the connection during the handshake ({error}); is "
+                        "this an AMQP port, and are the credentials right?"
+                    )
+                waiter[1].set_exception(error)
+        if link is not self._link:
+            return
+        self._link = None
+        self._ready.clear()
+        if self._close_waiter is not None and not self._close_waiter.done():
+            self._close_waiter.set_result(None)
+        for channel in list(self._channels.values()):
+            channel._on_link_lost(error)
+        if self._state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+            return
+        if self.robust:
+            log.warning("connection to %s lost (%s); reconnecting", self.url, error)
+            self._state = ConnectionState.RECONNECTING
+            self._reconnect_task = self._spawn(self._reconnect(link))
+        else:
+            self._error = error
+            self._state = ConnectionState.CLOSED
+            self._run_close_callbacks(error)
+
+    async def _first_connect(self) -> None:
+        """Connect for the first time; a robust connection retries within its bound."""
+        deadline = time.monotonic() + (self.initial_connect_timeout if self.robust else 0)
+        attempt = 0
+        while True:
+            try:
+                link = await self._connect_any()
+            except (AuthenticationError, VirtualHostError):
+                raise
+            except ConnectError as exc:
+                delay = self._backoff(attempt)
+                if time.monotonic() + delay > deadline:
+                    if self.robust:
+                        raise ConnectError(
+                            f"{exc} (gave up after retrying for {self.initial_connect_timeout:g} s)"
+                        ) from exc
+                    raise
+                log.warning("%s; retrying in %.1f s", exc, delay)
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            self._link = link
+            self._state = ConnectionState.CONNECTED
+            self._ready.set()
+            return
+
+    async def _connect_any(self) -> Link:
+        """Try every endpoint once, starting with the current one."""
+        errors: list[str] = []
+        count = len(self._endpoints)
+        for step in range(count):
+            index = (self._endpoint_index + step) % count
+            try:
+                link = await self._connect_once(self._endpoints[index])
+            except (AuthenticationError, VirtualHostError):
+                raise
+            except ConnectError as exc:
+                errors.append(str(exc))
+                continue
+            self._endpoint_index = index
+            return link
+        raise ConnectError("; ".join(errors))
+
+    def _backoff(self, attempt: int) -> float:
+        delay = min(self.reconnect_max_delay, self.reconnect_delay * (2**attempt))
+        return float(delay * random.uniform(0.5, 1.0))
+
+    async def _reconnect(self, old: Link) -> None:
+        # Exclusive queues and consumers of the old connection stay locked until the broker
+        # notices it is gone: at most two of its heartbeats (or at once, if the socket closed).
+        locked_until = time.monotonic() + max(10.0, 2.5 * self.heartbeat)
+        attempt = 0
+        self._endpoint_index = (
+            (self._endpoint_index + 1) % len(self._endpoints) if len(self._endpoints) > 1 else 0
+        )
+        while self._state is ConnectionState.RECONNECTING:
+            try:
+                link = await self._connect_any()
+            except ConnectError as exc:
+                delay = self._backoff(attempt)
+                attempt += 1
+                log.warning("reconnect failed: %s; next try in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            if self.state is not ConnectionState.RECONNECTING:
+                link.close_transport()
+                return
+            self._link = link
+            try:
+                for channel in list(self._channels.values()):
+                    if not channel.is_closed:
+                        await self._restore_channel(channel, link, locked_until)
+            except HutchConnectionError as exc:
+                log.warning("connection lost again while restoring channels: %s", exc)
+                if self._link is link:
+                    link.fail(ConnectionLost(str(exc)))
+                # _on_link_lost started a fresh reconnect task (or we are closing); stop here.
+                return
+            self._state = ConnectionState.CONNECTED
+            self._ready.set()
+            log.info("reconnected to %s", self.url)
+            for callback in list(self._reconnect_callbacks):
+                await self._run_callback(callback, self)
+            return
+
+    async def _restore_channel(self, channel: Channel, link: Link, locked_until: float) -> None:
+        try:
+            await channel._restore(link, locked_until)
+        except HutchConnectionError:
+            raise
+        except HutchError as exc:
+            log.error(
+                "channel %d could not be restored after reconnecting: %s", channel.number, exc
+            )
+            channel._fail_inflight(exc)
+            channel._finish(exc)
+
+    async def _run_callback(self, callback: Callable[..., Any], *args: Any) -> None:
+        try:
+            result = callback(*args)
+            if result is not None:
+                await result
+        except Exception:
+            log.exception("a connection callback raised")
+
+    def _run_close_callbacks(self, error: BaseException | None) -> None:
+        for callback in list(self._close_callbacks):
+            self._spawn(self._run_callback(callback, self, error))
+
+    # -- tasks ------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task this connection owns (cancelled and awaited on close)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- channels ---------------------------------------------------------------------------
+
+    async def _wait_ready(self) -> Link:
+        if self._state is ConnectionState.CONNECTED and self._link is not None:
+            return self._link
+        if self._state is ConnectionState.RECONNECTING:
+            try:
+                async with asyncio.timeout(self.reconnect_timeout):
+                    await self._ready.wait()
+            except TimeoutError:
+                raise ConnectionLost(
+                    f"not reconnected to the broker within {self.reconnect_timeout:g} s"
+                ) from None
+            if self._link is not None:
+                return self._link
+        if isinstance(self._error, HutchError):
+            raise self._error
+        raise ConnectionClosed("the connection is closed; open a new one with hutch.connect()")
+
+    async def channel(self, *, publisher_confirms: bool = True) -> Channel:
+        """Open a new channel. With ``publisher_confirms`` (the default) ``publish`` waits for
+        the broker to confirm each message."""
+        link = await self._wait_ready()
+        number = next((n for n in range(1, self._channel_max + 1) if n not in self._channels), None)
+        if number is None:
+            raise ConnectionLost(
+                f"all {self._channel_max} channels of this connection are in use; close some"
+            )
+        channel = Channel(self, number, publisher_confirms)
+        self._channels[number] = channel
+        try:
+            await channel._open(link)
+        except BaseException:
+            self._channels.pop(number, None)
+            raise
+        return channel
+
+    def _forget_channel(self, channel: Channel) -> None:
+        if self._channels.get(channel.number) is channel:
+            del self._channels[channel.number]
+
+    # -- closing ----------------------------------------------------------------------------
+
+    async def close(self, reason: str = "closed by the client") -> None:
+        """Close the connection and every channel; stop reconnecting. Idempotent."""
+        if self._close_task is None:
+            self._close_task = asyncio.ensure_future(self._close(reason))
+        await asyncio.shield(self._close_task)
+
+    async def _close(self, reason: str) -> None:
+        if self._state is ConnectionState.CLOSED:
+            await self._drain_tasks()
+            return
+        self._state = ConnectionState.CLOSING
+        self._ready.set()
+        for task in list(self._tasks):
+            task.cancel()
+        error = ConnectionClosed("the connection was closed by this program")
+        channels = list(self._channels.values())
+        for channel in channels:
+            await channel._cancel_tasks()
+        link = self._link
+        if link is not None and link.is_open:
+            self._close_waiter = asyncio.get_running_loop().create_future()
+            link.write(
+                frames.encode_method(
+                    0,
+                    spec.Connection.Close(
+                        reply_code=200, class_id=0, method_id=0, reply_text=reason
+                    ),
+                )
+            )
+            try:
+                async with asyncio.timeout(3):
+                    await self._close_waiter
+            except TimeoutError:
+                pass
+            link.error = error
+            link.close_transport()
+            try:
+                async with asyncio.timeout(3):
+                    await asyncio.shield(link.closed)
+            except TimeoutError:
+                link.fail(error)
+        self._link = None
+        for channel in channels:
+            channel._on_link_lost(error)
+            channel._finish(None)
+        self._state = ConnectionState.CLOSED
+        self._run_close_callbacks(None)
+        await self._drain_tasks()
+
+    async def _drain_tasks(self) -> None:
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+
+def _negotiate(client: int, server: int) -> int:
+    """AMQP tuning: the smaller of two limits where 0 means "no limit"."""
+    if not client:
+        return server
+    if not server:
+        return client
+    return min(client, server)
+
+
+def _endpoints(
+    url: str | ConnectionParameters | Sequence[str | ConnectionParameters],
+) -> list[ConnectionParameters]:
+    items = [url] if isinstance(url, (str, ConnectionParameters)) else list(url)
+    result: list[ConnectionParameters] = []
+    for item in items:
+        if isinstance(item, ConnectionParameters):
+            result.append(item)
+        else:
+            result.extend(_split_hosts(item))
+    return result
+
+
+def _split_hosts(url: str) -> list[ConnectionParameters]:
+    """``amqp://u:p@h1:5672,h2:5673/vh`` names several brokers; give one parameter set each."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return [parse_url(url)]
+    auth, at, hosts_and_path = rest.rpartition("@")
+    hosts, slash, path = hosts_and_path.partition("/")
+    if "," not in hosts:
+        return [parse_url(url)]
+    prefix = f"{scheme}://{auth}{at}"
+    return [parse_url(f"{prefix}{host}{slash}{path}") for host in hosts.split(",") if host]
+
+
+def _apply_options(
+    endpoints: list[ConnectionParameters], options: dict[str, Any]
+) -> list[ConnectionParameters]:
+    overrides = {
+        key: options.pop(key)
+        for key in ("heartbeat", "connection_timeout", "channel_max", "frame_max", "name")
+        if key in options
+    }
+    if not overrides:
+        return endpoints
+    return [endpoint.with_options(**overrides) for endpoint in endpoints]
+
+
+async def connect(
+    url: str | ConnectionParameters = "amqp://guest:guest@localhost/",
+    *,
+    client_properties: dict[str, Any] | None = None,
+    ssl: _ssl.SSLContext | None = None,
+    **options: Any,
+) -> Connection:
+    """Open a connection to one AMQP broker (not robust: a lost connection stays lost)."""
+    endpoints = _apply_options(_endpoints(url), options)
+    if options:
+        raise TypeError(f"connect() got unexpected keyword arguments: {', '.join(options)}")
+    connection = Connection(endpoints, client_properties=client_properties, ssl=ssl)
+    await connection._first_connect()
+    return connection
+
+
+async def connect_robust(
+    url: str | ConnectionParameters | Sequence[str | ConnectionParameters] = (
+        "amqp://guest:guest@localhost/"
+    ),
+    *,
+    client_properties: dict[str, Any] | None = None,
+    ssl: _ssl.SSLContext | None = None,
+    reconnect_delay: float = 0.5,
+    reconnect_max_delay: float = 10.0,
+    reconnect_timeout: float = 15.0,
+    initial_connect_timeout: float = 15.0,
+    **options: Any,
+) -> Connection:
+    """Open a connection that reconnects by itself and restores its channels.
+
+    Args:
+        url: one URL, a list of URLs, or one URL naming several hosts (``h1,h2``); they are
+            tried in turn.
+        reconnect_delay, reconnect_max_delay: the backoff between attempts starts at
+            ``reconnect_delay`` seconds and doubles up to ``reconnect_max_delay`` (with jitter).
+        reconnect_timeout: how long an operation (publish, declare, ...) waits for a reconnect
+            before raising ``ConnectionLost``.
+        initial_connect_timeout: how long the first connection keeps retrying (a service may
+            start before its broker) before raising ``ConnectError``.
+    """
+    endpoints = _apply_options(_endpoints(url), options)
+    if options:
+        raise TypeError(f"connect_robust() got unexpected keyword arguments: {', '.join(options)}")
+    connection = Connection(
+        endpoints,
+        robust=True,
+        client_properties=client_properties,
+        ssl=ssl,
+        reconnect_delay=reconnect_delay,
+        reconnect_max_delay=reconnect_max_delay,
+        reconnect_timeout=reconnect_timeout,
+        initial_connect_timeout=initial_connect_timeout,
+    )
+    await connection._first_connect()
+    return connection

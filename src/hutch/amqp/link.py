@@ -1,0 +1,263 @@
+"""One TCP (or TLS) connection to a broker: framing, coalesced writes and heartbeats.
+
+A ``Link`` lives as long as one socket. The ``Connection`` above it outlives links: when a link
+dies, a robust connection opens a new one and hands its channels over.
+
+Writes are buffered and flushed once per event-loop iteration, so a burst of publishes or acks
+becomes one ``send()``. Reads parse every whole frame in the received bytes in one pass and hand
+them to channels without copying method frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from hutch.amqp import frames
+from hutch.exceptions import ConnectionLost, HutchConnectionError, ProtocolError
+
+if TYPE_CHECKING:
+    from hutch.amqp.channel import Channel
+
+log = logging.getLogger("hutch")
+
+_unpack_head = frames.FRAME_HEAD.unpack_from
+_method_id = frames.method_id
+_DELIVER = frames.BASIC_DELIVER
+_ACK = frames.BASIC_ACK
+
+
+class Link(asyncio.Protocol):
+    """The socket side of a connection. Created by ``loop.create_connection``."""
+
+    def __init__(
+        self,
+        channels: dict[int, Channel],
+        on_channel0: Callable[[Link, frames.Method], None],
+        on_lost: Callable[[Link, HutchConnectionError], None],
+        frame_max: int,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.channels = channels
+        self.on_channel0 = on_channel0
+        self.on_lost = on_lost
+        self.frame_max = frame_max
+        self.transport: asyncio.Transport | None = None
+        self.error: HutchConnectionError | None = None
+        self.closed = self.loop.create_future()
+        self._leftover = b""
+        self._out: list[bytes] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._received = False
+        self._sent = False
+        self._heartbeat_handle: asyncio.TimerHandle | None = None
+        self._silent_ticks = 0
+        # Publishers wait on this while the socket buffer is full or the broker blocked us.
+        self.writable = True
+        self._paused = False
+        self.blocked: str | None = None
+        self._writable_event = asyncio.Event()
+        self._writable_event.set()
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.error is None:
+            reason = f": {exc}" if exc else ""
+            self.error = ConnectionLost(f"the connection to the broker was lost{reason}")
+        self._stop_timers()
+        self.transport = None
+        self._out.clear()
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self._writable_event.set()
+        self.on_lost(self, self.error)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        self._update_writable()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._update_writable()
+
+    def data_received(self, data: bytes) -> None:
+        self._received = True
+        if self._leftover:
+            data = self._leftover + data
+            self._leftover = b""
+        if data[:4] == b"AMQP":
+            self.fail(
+                ProtocolError(
+                    "the server answered with an AMQP protocol header: it does not speak "
+                    "AMQP 0-9-1 (is this a RabbitMQ port?)"
+                )
+            )
+            return
+        pos = 0
+        total = len(data)
+        channels = self.channels
+        frame_max = self.frame_max
+        try:
+            while total - pos >= 7:
+                kind, number, size = _unpack_head(data, pos)
+                if size > frame_max:
+                    raise ProtocolError(
+                        f"the broker sent a frame of {size} bytes; the negotiated maximum is "
+                        f"{frame_max}"
+                    )
+                end = pos + 7 + size
+                if end >= total:
+                    break
+                if data[end] != 0xCE:
+                    raise ProtocolError(
+                        f"a frame from the broker does not end with 0xCE (got 0x{data[end]:02x}): "
+                        "the byte stream is corrupt"
+                    )
+                start = pos + 7
+                pos = end + 1
+                if kind == 3:
+                    channel = channels.get(number)
+                    if channel is not None:
+                        channel._on_body(data[start:end])
+                elif kind == 1:
+                    if number == 0:
+                        self.on_channel0(self, frames.decode_method(data[start:end]))
+                        continue
+                    channel = channels.get(number)
+                    if channel is None:
+                        continue
+                    mid = _method_id(data, start)
+                    if mid == _DELIVER:
+                        channel._on_deliver(*frames.decode_deliver(data, start, end))
+                    elif mid == _ACK:
+                        channel._on_confirm(*frames.decode_confirm(data, start), False)
+                    else:
+                        channel._on_method(frames.decode_method(data[start:end]))
+                elif kind == 2:
+                    channel = channels.get(number)
+                    if channel is not None:
+                        channel._on_header(data, start, end)
+                elif kind == 8:
+                    pass
+                else:
+                    raise ProtocolError(f"the broker sent a frame of unknown type {kind}")
+        except ProtocolError as exc:
+            self.fail(exc)
+            return
+        if pos < total:
+            self._leftover = data[pos:]
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes; they go out together at the end of this event-loop iteration."""
+        self._out.append(data)
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        out = self._out
+        if not out or self.transport is None:
+            out.clear()
+            return
+        self._sent = True
+        self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+
+    def flush_now(self) -> None:
+        """Send what is queued without waiting for the loop (used before closing)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        self._flush()
+
+    def set_blocked(self, reason: str | None) -> None:
+        """The broker sent ``connection.blocked`` (a reason) or ``connection.unblocked`` (None)."""
+        self.blocked = reason
+        self._update_writable()
+
+    def _update_writable(self) -> None:
+        self.writable = not self._paused and self.blocked is None
+        if self.writable:
+            self._writable_event.set()
+        else:
+            self._writable_event.clear()
+
+    async def wait_writable(self) -> None:
+        """Wait until publishing may go on (not blocked by the broker, socket not full)."""
+        while not self.writable and self.error is None:
+            await self._writable_event.wait()
+        if self.error is not None:
+            raise self.error
+
+    # -- heartbeats -------------------------------------------------------------------------
+
+    def start_heartbeat(self, interval: int) -> None:
+        """Send a heartbeat when idle and give up on a peer silent for ~2 intervals."""
+        if interval <= 0:
+            return
+        tick = interval / 4
+        # Silent for 7 ticks (1.75 intervals) means dead: detection lands within 2 intervals.
+        limit = 7
+
+        def beat() -> None:
+            if self.transport is None:
+                return
+            if self._received:
+                self._received = False
+                self._silent_ticks = 0
+            else:
+                self._silent_ticks += 1
+                if self._silent_ticks >= limit:
+                    self.fail(
+                        ConnectionLost(
+                            f"the broker sent nothing for {self._silent_ticks * tick:.1f} s "
+                            f"(heartbeat {interval} s): it is unreachable or frozen"
+                        )
+                    )
+                    return
+            if not self._sent and not self._out:
+                self.write(frames.HEARTBEAT)
+            self._sent = False
+            self._heartbeat_handle = self.loop.call_later(tick, beat)
+
+        self._heartbeat_handle = self.loop.call_later(tick, beat)
+
+    def _stop_timers(self) -> None:
+        if self._heartbeat_handle is not None:
+            self._heartbeat_handle.cancel()
+            self._heartbeat_handle = None
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+
+    # -- ending -----------------------------------------------------------------------------
+
+    def fail(self, error: HutchConnectionError) -> None:
+        """Drop the socket now; every waiter gets ``error``."""
+        if self.error is None:
+            self.error = error
+            if isinstance(error, ProtocolError):
+                log.error("closing the connection: %s", error)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close_transport(self) -> None:
+        """Close the socket after what is queued has been sent."""
+        self.flush_now()
+        if self.transport is not None:
+            self.transport.close()
+
+    @property
+    def is_open(self) -> bool:
+        return self.transport is not None and self.error is None
+
+    def extra(self, name: str) -> Any:
+        return self.transport.get_extra_info(name) if self.transport is not None else None
