@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -143,6 +144,15 @@ class Channel(Protocol):
         timeout: float | None = None,
     ) -> None: ...
 
+    def publish_nowait(
+        self,
+        message: Message | bytes,
+        routing_key: str = "",
+        *,
+        exchange: str = "",
+        mandatory: bool = False,
+    ) -> asyncio.Future[None]: ...
+
     async def consume(
         self,
         queue: str,
@@ -198,6 +208,10 @@ class Connection(Protocol):
     async def channel(self, *, publisher_confirms: bool = True) -> Channel: ...
 
     def add_reconnect_callback(self, callback: Callable[[Any], Awaitable[None] | None]) -> None: ...
+
+    def add_disconnect_callback(
+        self, callback: Callable[[Any, BaseException], Awaitable[None] | None]
+    ) -> None: ...
 
     def add_close_callback(
         self, callback: Callable[[Any, BaseException | None], Awaitable[None] | None]

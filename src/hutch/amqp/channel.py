@@ -761,6 +761,52 @@ class Channel:
                 "arrive, so publish again only if duplicates are acceptable"
             ) from None
 
+    def publish_nowait(
+        self,
+        message: Message | bytes,
+        routing_key: str = "",
+        *,
+        exchange: str = "",
+        mandatory: bool = False,
+    ) -> asyncio.Future[None]:
+        """Publish without waiting: return a future that resolves when the broker confirms (at
+        once without publisher confirms) or fails as ``publish`` would raise.
+
+        The bytes are written in this call when the channel is open and writable; otherwise
+        (reconnecting, blocked) the publish happens as soon as it can, as ``publish`` would.
+        """
+        link = self._link
+        if (
+            link is None
+            or not link.writable
+            or self._state is not ChannelState.OPEN
+            or message.__class__ is not Message
+        ):
+            return asyncio.ensure_future(
+                self.publish(message, routing_key, exchange=exchange, mandatory=mandatory)
+            )
+        assert isinstance(message, Message)
+        data = _encode_publish(
+            self.number,
+            self._shortstr(exchange, "exchange name"),
+            self._shortstr(routing_key, "routing key"),
+            mandatory,
+            message,
+            self._connection._frame_max,
+        )
+        future: asyncio.Future[None] = self._loop.create_future()
+        if not self.publisher_confirms:
+            link.write(data)
+            future.set_result(None)
+            return future
+        self._seq += 1
+        tag = self._seq
+        self._unconfirmed[tag] = future
+        if mandatory:
+            self._mandatory[tag] = (exchange, routing_key, message.body)
+        link.write(data)
+        return future
+
     async def _wait_writable(self, link: Link, timeout: float | None) -> None:
         if link.blocked is not None:
             log.info("publishing waits: the broker blocked the connection (%s)", link.blocked)

@@ -41,6 +41,7 @@ log = logging.getLogger("hutch")
 
 ConnectionCallback = Callable[["Connection"], Awaitable[None] | None]
 CloseCallback = Callable[["Connection", BaseException | None], Awaitable[None] | None]
+DisconnectCallback = Callable[["Connection", BaseException], Awaitable[None] | None]
 
 
 def _version() -> str:
@@ -91,6 +92,7 @@ class Connection:
         self._close_task: asyncio.Task[None] | None = None
         self._reconnect_callbacks: list[ConnectionCallback] = []
         self._close_callbacks: list[CloseCallback] = []
+        self._disconnect_callbacks: list[DisconnectCallback] = []
         self._error: BaseException | None = None
 
     def __repr__(self) -> str:
@@ -119,6 +121,11 @@ class Connection:
     def add_reconnect_callback(self, callback: ConnectionCallback) -> None:
         """Call ``callback(connection)`` after each successful reconnect and restore."""
         self._reconnect_callbacks.append(callback)
+
+    def add_disconnect_callback(self, callback: DisconnectCallback) -> None:
+        """Call ``callback(connection, error)`` each time the connection to the broker is lost
+        (a robust connection then reconnects; by then every waiter has had the error)."""
+        self._disconnect_callbacks.append(callback)
 
     def add_close_callback(self, callback: CloseCallback) -> None:
         """Call ``callback(connection, error)`` when the connection closes for good."""
@@ -334,6 +341,8 @@ class Connection:
             channel._on_link_lost(error)
         if self._state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
             return
+        for callback in list(self._disconnect_callbacks):
+            self._spawn(self._run_callback(callback, self, error))
         if self.robust:
             log.warning("connection to %s lost (%s); reconnecting", self.url, error)
             self._state = ConnectionState.RECONNECTING
