@@ -77,7 +77,7 @@ class Message:
 
     def __init__(
         self,
-        body: bytes = b"",
+        body: bytes | bytearray | memoryview = b"",
         *,
         content_type: str | None = None,
         content_encoding: str | None = None,
@@ -95,13 +95,13 @@ class Message:
     ) -> None:
         if body.__class__ is not bytes:
             if isinstance(body, (bytearray, memoryview)):
-                body = bytes(body)  # type: ignore[unreachable]
-            else:
+                body = bytes(body)
+            elif not isinstance(body, bytes):
                 raise TypeError(
                     f"a message body must be bytes, not {body.__class__.__name__}; "
                     "encode text first (e.g. text.encode())"
                 )
-        self.body = body
+        self.body: bytes = body
         self.content_type = content_type
         self.content_encoding = content_encoding
         self._headers = headers
