@@ -33,7 +33,7 @@ async def connect_robust(
 
     See ``hutch.amqp.connect_robust`` for the reconnection options.
     """
-    if _is_memory(url):
+    if isinstance(url, str) and _is_memory(url):
         from hutch.memory import connect_memory
 
         return await connect_memory(url, robust=True, **options)

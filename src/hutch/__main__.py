@@ -1,0 +1,5 @@
+"""``python -m hutch`` runs the ``hutch`` command."""
+
+from hutch.cli import main
+
+raise SystemExit(main())
