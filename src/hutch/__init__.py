@@ -4,9 +4,11 @@ Everything public is importable from here (``hutch.connect``, ``hutch.Message``,
 the patterns live in ``hutch.patterns``.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
 
 from hutch._connect import connect, connect_robust
+from hutch.app import App
 from hutch.abc import Channel, ChannelState, Connection, ConnectionState, QueueInfo
 from hutch.exceptions import (
     AccessRefused,
@@ -35,12 +37,13 @@ from hutch.exceptions import (
 from hutch.message import DeliveryMode, IncomingMessage, Message
 
 try:
-    __version__ = version("hutch")
-except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = _version("hutch")
+except _PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
 __all__ = [
     "AccessRefused",
+    "App",
     "AuthenticationError",
     "CallTimeout",
     "Channel",
