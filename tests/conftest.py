@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterator
 
@@ -56,4 +57,6 @@ def amqp_url(rabbitmq: Broker) -> str:
 @pytest.fixture
 def name(request: pytest.FixtureRequest) -> Iterator[str]:
     """A queue/exchange name unique to this test."""
-    yield f"test.{request.node.name[:60]}.{uuid.uuid4().hex[:8]}"
+    # AMQP names allow letters, digits, "-_.:" only: parametrized ids bring "[", "]", ...
+    label = re.sub(r"[^\w.:-]", "_", request.node.name[:60], flags=re.ASCII)
+    yield f"test.{label}.{uuid.uuid4().hex[:8]}"

@@ -8,8 +8,8 @@ from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from hutch._connect import connect, connect_robust
-from hutch.app import App
 from hutch.abc import Channel, ChannelState, Connection, ConnectionState, QueueInfo
+from hutch.app import App
 from hutch.exceptions import (
     AccessRefused,
     AuthenticationError,

@@ -28,6 +28,7 @@ from hutch.exceptions import (
     AccessRefused,
     ConnectionClosed,
     ConnectionLost,
+    HutchConnectionError,
     HutchError,
     HutchTimeoutError,
     ProtocolError,
@@ -147,21 +148,47 @@ class Channel:
     # -- opening, losing, restoring ---------------------------------------------------------
 
     def _call_on(self, link: Link, method: frames.Method, extra: Any = None) -> asyncio.Future[Any]:
+        """Send a synchronous method on ``link``; the future gets the broker's answer.
+
+        On a link that is already gone the future fails at once: the loss was announced before
+        this call, so nothing else would ever answer it.
+        """
         future: asyncio.Future[Any] = self._loop.create_future()
+        if not link.is_open:
+            future.set_exception(link.error or ConnectionLost("the connection is not open"))
+            return future
         self._waiters.append((future, tuple(method.valid_responses), extra))
         link.write(frames.encode_method(self.number, method))
         return future
 
-    async def _open_on(self, link: Link) -> None:
-        """Open the broker-side channel on ``link`` (QoS, confirms and topology not included)."""
+    async def _call_all(self, link: Link, methods: list[frames.Method]) -> None:
+        """Send ``methods`` back to back and wait for every answer; raise the first error."""
+        futures = [self._call_on(link, method) for method in methods]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    def _open_steps(self) -> list[frames.Method]:
+        steps: list[frames.Method] = [spec.Channel.Open()]
+        if self.publisher_confirms:
+            steps.append(spec.Confirm.Select())
+        return steps
+
+    def _begin(self, link: Link) -> None:
+        """Start a new broker-side life of this channel on ``link`` (a new delivery epoch)."""
+        if not link.is_open:
+            raise link.error or ConnectionLost("the connection is not open")
         self._link = link
         self._epoch += 1
         self._seq = 0
         self._floor = 0
         self._content_msg = None
-        await self._call_on(link, spec.Channel.Open())
-        if self.publisher_confirms:
-            await self._call_on(link, spec.Confirm.Select())
+
+    async def _open_on(self, link: Link) -> None:
+        """Open the broker-side channel on ``link`` (QoS, confirms and topology not included)."""
+        self._begin(link)
+        await self._call_all(link, self._open_steps())
 
     async def _open(self, link: Link) -> None:
         await self._open_on(link)
@@ -171,41 +198,65 @@ class Channel:
         self._state = ChannelState.OPEN
         self._opened.set()
 
+    def _restore_steps(self) -> list[frames.Method]:
+        """What to replay, in order: open, confirm mode, QoS, exchanges, queues, bindings,
+        consumers."""
+        steps = self._open_steps()
+        if self._qos is not None:
+            steps.append(self._qos)
+        steps += self._exchanges.values()
+        steps += self._queues.values()
+        steps += self._bindings.values()
+        steps += (consumer.method for consumer in self._consumers.values())
+        return steps
+
+    def _raise_if_closed(self) -> None:
+        if self._state is ChannelState.CLOSED:
+            raise self._closed_error or ConnectionClosed(f"channel {self.number} was closed")
+
     async def _restore(self, link: Link, locked_until: float) -> None:
         """Open on ``link`` and replay QoS, exchanges, queues, bindings and consumers.
 
-        A queue or consumer refused as locked (the broker has not yet noticed that the old
-        connection, which held it exclusively, is dead) is retried until ``locked_until``.
+        The steps go out back to back and are answered in order, so a restore costs one round
+        trip. A queue or consumer refused as locked (the broker has not yet noticed that the
+        old connection, which held it exclusively, is dead) is retried until ``locked_until``.
+        Raises ``ConnectionClosed`` if the channel is closed meanwhile.
         """
         delay = 0.1
         while True:
+            self._raise_if_closed()
+            self._begin(link)
             try:
-                await self._open_on(link)
-                if self._qos is not None:
-                    await self._call_on(link, self._qos)
-                for declare in list(self._exchanges.values()):
-                    await self._call_on(link, declare)
-                for queue in list(self._queues.values()):
-                    await self._call_on(link, queue)
-                for bind in list(self._bindings.values()):
-                    await self._call_on(link, bind)
-                for consumer in list(self._consumers.values()):
-                    await self._call_on(link, consumer.method)
+                await self._call_all(link, self._restore_steps())
             except (ResourceLocked, AccessRefused) as exc:
+                self._raise_if_closed()
                 if time.monotonic() + delay > locked_until or not link.is_open:
                     raise
-                log.info("restoring channel %d: %s; retrying in %.1f s", self.number, exc, delay)
+                log.info(
+                    "restoring channel %d: %s; retrying in %.1f s (the broker may not yet know "
+                    "that the previous connection is gone)",
+                    self.number,
+                    exc,
+                    delay,
+                )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, 1.0)
                 continue
+            self._raise_if_closed()
+            if self._link is not link:
+                raise link.error or ConnectionLost("the connection was lost while restoring")
             self._set_open()
             return
 
     def _on_link_lost(self, error: HutchError) -> None:
         """The connection under this channel went away."""
         self._link = None
+        if self._reopen_task is not None:
+            # The connection's reconnect restores this channel instead.
+            self._reopen_task.cancel()
+            self._reopen_task = None
         self._fail_inflight(error)
-        if self._closed_error is not None:
+        if self._closed_error is not None or self._state is ChannelState.CLOSED:
             return
         if self._connection.robust and not isinstance(error, ConnectionClosed):
             self._state = ChannelState.OPENING
@@ -251,43 +302,51 @@ class Channel:
             method.reply_text,
             _method_name(method.class_id, method.method_id),
         )
-        log.warning("channel %d: %s", self.number, error)
+        restoring = self._state is ChannelState.OPENING and self._connection.robust
+        log.log(
+            logging.INFO if restoring else logging.WARNING, "channel %d: %s", self.number, error
+        )
         self._link = None
         self._fail_inflight(error)
         if self._closed_error is not None or self._state is ChannelState.CLOSED:
             return
-        if self._connection.robust and self._state is ChannelState.OPEN and link is not None:
+        robust = self._connection.robust
+        if robust and self._state is ChannelState.OPEN and link is not None:
             self._state = ChannelState.OPENING
             self._opened.clear()
-            self._reopen_task = self._connection._spawn(self._reopen(link))
-        elif self._state is not ChannelState.OPENING or not self._connection.robust:
+            self._reopen_task = self._connection._spawn(self._reopen(link), "reopen-channel")
+        elif not robust or self._state is not ChannelState.OPENING:
+            # (A robust channel being opened or restored sees the error where it waits.)
             self._finish(error)
 
     async def _reopen(self, link: Link) -> None:
         """Reopen after the broker closed the channel (robust connections only)."""
         try:
             await self._restore(link, time.monotonic() + 5)
-        except (ConnectionLost, ConnectionClosed):
-            pass  # the connection's own reconnect restores this channel
+        except HutchConnectionError:
+            pass  # lost with its connection (whose reconnect restores it), or closed by the user
         except HutchError as exc:
             log.error("channel %d could not be reopened: %s", self.number, exc)
             self._fail_inflight(exc)
             self._finish(exc)
+        finally:
+            if self._reopen_task is asyncio.current_task():
+                self._reopen_task = None
 
     async def _ready(self) -> Link:
         """The link to write to once the channel is open, waiting (bounded) for a reconnect."""
         if self._state is ChannelState.OPEN and self._link is not None:
             return self._link
-        bound = self._connection.reconnect_timeout
-        if self._state is ChannelState.OPENING and self._connection.robust:
+        if self._state is ChannelState.OPENING:
+            bound = self._connection.reconnect_timeout
             try:
                 async with asyncio.timeout(bound):
                     while self._state is ChannelState.OPENING:
                         await self._opened.wait()
             except TimeoutError:
                 raise ConnectionLost(
-                    f"channel {self.number} was not restored within {bound:g} s "
-                    "(the broker is unreachable); try again later or raise reconnect_timeout"
+                    f"channel {self.number} was not restored within {bound:g} s (the broker is "
+                    "unreachable or refuses it); try again later, or raise reconnect_timeout"
                 ) from None
         if self._state is ChannelState.OPEN and self._link is not None:
             return self._link
@@ -571,7 +630,9 @@ class Channel:
         """Delete an exchange."""
         await self._rpc(spec.Exchange.Delete(exchange=exchange, if_unused=if_unused))
         self._exchanges.pop(exchange, None)
-        for key in [k for k in self._bindings if exchange in k[1:3]]:
+        for key in [
+            k for k in self._bindings if k[2] == exchange or (k[0] == "x" and k[1] == exchange)
+        ]:
             del self._bindings[key]
 
     async def exchange_bind(
@@ -870,7 +931,7 @@ class Channel:
 
     def _settle(self, message: IncomingMessage, kind: int, multiple: bool, requeue: bool) -> None:
         link = self._link
-        if message._epoch != self._epoch or link is None or self._state is not ChannelState.OPEN:
+        if message._epoch != self._epoch or link is None or self._state is ChannelState.CLOSED:
             log.warning(
                 "not settling delivery %d on channel %d: it came before the channel was lost; "
                 "the broker delivers the message again",
@@ -912,9 +973,11 @@ class Channel:
         error = ConnectionClosed(f"channel {self.number} was closed")
         if self._reopen_task is not None:
             self._reopen_task.cancel()
-        was_open = self._state is ChannelState.OPEN
+            self._reopen_task = None
         self._state = ChannelState.CLOSED
-        if link is not None and link.is_open and was_open:
+        if link is not None and link.is_open:
+            # Open, or being opened/restored on this link: close the broker's side too, so the
+            # channel number can be used again. Answers to steps already sent come first.
             try:
                 async with asyncio.timeout(5):
                     await self._call_on(
@@ -930,9 +993,10 @@ class Channel:
         self._finish(None)
         await self._cancel_tasks()
 
-    async def _cancel_tasks(self) -> None:
+    async def _cancel_tasks(self, keep: asyncio.Task[Any] | None = None) -> None:
+        """Cancel the consumer callbacks still running (but not the caller, nor ``keep``)."""
         current = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not current]
+        tasks = [t for t in self._tasks if t is not current and t is not keep]
         for task in tasks:
             task.cancel()
         if tasks:

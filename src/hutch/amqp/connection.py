@@ -4,7 +4,7 @@
 ``ConnectionLost``. ``connect_robust()`` gives the same class with ``robust=True``: it reconnects
 with capped, jittered exponential backoff (trying each broker URL in turn) and restores each of
 its channels in place (see ``Channel._restore``); operations made meanwhile wait up to
-``reconnect_timeout`` seconds.
+``reconnect_timeout`` seconds. docs/reliability.md states the guarantees.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from hutch.abc import ConnectionState
 from hutch.amqp import frames
 from hutch.amqp.channel import Channel
 from hutch.amqp.link import Link
+from hutch.amqp.url import _OPTIONS as URL_OPTIONS
 from hutch.amqp.url import ConnectionParameters, parse_url
 from hutch.exceptions import (
     AuthenticationError,
@@ -33,6 +34,7 @@ from hutch.exceptions import (
     ConnectTimeout,
     HutchConnectionError,
     HutchError,
+    NotFound,
     ProtocolError,
     VirtualHostError,
 )
@@ -42,6 +44,12 @@ log = logging.getLogger("hutch")
 ConnectionCallback = Callable[["Connection"], Awaitable[None] | None]
 CloseCallback = Callable[["Connection", BaseException | None], Awaitable[None] | None]
 DisconnectCallback = Callable[["Connection", BaseException], Awaitable[None] | None]
+
+# How long to wait for the broker's close-ok, then for the socket to close, when closing.
+_CLOSE_TIMEOUT = 3.0
+# The least time a restore retries a queue or consumer the old connection still holds
+# exclusively (more with long heartbeats: the broker needs two of them to give up on it).
+_LOCK_WAIT_MIN = 10.0
 
 
 def _version() -> str:
@@ -67,6 +75,14 @@ class Connection:
     ) -> None:
         if not endpoints:
             raise ValueError("connect_robust() needs at least one broker URL")
+        for name, value in (
+            ("reconnect_delay", reconnect_delay),
+            ("reconnect_max_delay", reconnect_max_delay),
+            ("reconnect_timeout", reconnect_timeout),
+            ("initial_connect_timeout", initial_connect_timeout),
+        ):
+            if not value >= 0:
+                raise ValueError(f"{name} must be 0 or more seconds, not {value!r}")
         self._endpoints = list(endpoints)
         self._endpoint_index = 0
         self.robust = robust
@@ -85,15 +101,18 @@ class Connection:
         self.server_properties: dict[str, Any] = {}
         self._ch0_waiter: tuple[Link, asyncio.Future[frames.Method]] | None = None
         self._close_waiter: asyncio.Future[None] | None = None
-        self._handshaking: Link | None = None
+        self._handshaking: tuple[Link, ConnectionParameters] | None = None
         self._ready = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._reconnect_task: asyncio.Task[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
         self._reconnect_callbacks: list[ConnectionCallback] = []
         self._close_callbacks: list[CloseCallback] = []
         self._disconnect_callbacks: list[DisconnectCallback] = []
         self._error: BaseException | None = None
+        # Failed attempts in a row; kept across short-lived connections so a broker that
+        # accepts and then drops us at once is not hammered.
+        self._attempts = 0
+        self._connected_at = 0.0
 
     def __repr__(self) -> str:
         return f"<hutch.Connection {self.url} {self._state.value}>"
@@ -107,6 +126,7 @@ class Connection:
 
     @property
     def state(self) -> ConnectionState:
+        """``CONNECTED``, ``RECONNECTING`` (robust only), ``CLOSING`` or ``CLOSED``."""
         return self._state
 
     @property
@@ -128,7 +148,8 @@ class Connection:
         self._disconnect_callbacks.append(callback)
 
     def add_close_callback(self, callback: CloseCallback) -> None:
-        """Call ``callback(connection, error)`` when the connection closes for good."""
+        """Call ``callback(connection, error)`` when the connection closes for good (``error``
+        is ``None`` after ``close()``)."""
         self._close_callbacks.append(callback)
 
     async def __aenter__(self) -> Connection:
@@ -173,14 +194,24 @@ class Connection:
         props.update(self._client_properties)
         return props
 
-    async def _connect_once(self, params: ConnectionParameters) -> Link:
-        """Open a socket to ``params`` and run the AMQP handshake on it."""
+    async def _connect_once(self, params: ConnectionParameters, timeout: float) -> Link:
+        """Open a socket to ``params`` and run the AMQP handshake on it within ``timeout``.
+
+        Whatever goes wrong, the socket is closed before this raises (a cancelled attempt
+        included), so no transport is left behind.
+        """
         loop = asyncio.get_running_loop()
         link = Link(self._channels, self._on_channel0, self._on_link_lost, params.frame_max)
-        context = self._ssl_context(params)
-        self._handshaking = link
         try:
-            async with asyncio.timeout(params.connection_timeout):
+            context = self._ssl_context(params)
+        except (OSError, ValueError) as exc:
+            raise ConnectError(
+                f"could not set up TLS for {params.safe_url}: {exc}; check the cafile, "
+                "certfile and keyfile options"
+            ) from exc
+        self._handshaking = (link, params)
+        try:
+            async with asyncio.timeout(timeout):
                 await loop.create_connection(
                     lambda: link,
                     params.host,
@@ -189,29 +220,15 @@ class Connection:
                     server_hostname=params.host if context is not None else None,
                 )
                 await self._handshake(link, params)
-        except TimeoutError:
-            link.fail(ConnectTimeout("handshake timed out"))
-            raise ConnectTimeout(
-                f"no AMQP handshake with {params.safe_url} within "
-                f"{params.connection_timeout:g} s; is the broker overloaded, or is this port "
-                "something else?"
-            ) from None
-        except _ssl.SSLCertVerificationError as exc:
-            raise ConnectError(
-                f"TLS certificate verification failed for {params.safe_url}: "
-                f"{exc.verify_message}; pass ssl=<SSLContext> (or ?cafile=) with the CA that "
-                "signed the broker's certificate"
-            ) from exc
-        except _ssl.SSLError as exc:
-            raise ConnectError(f"TLS error talking to {params.safe_url}: {exc}") from exc
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise ConnectError(
-                f"could not connect to {params.safe_url}: {reason}; is RabbitMQ running "
-                "and listening there?"
-            ) from exc
+        except BaseException as exc:
+            link.fail(ConnectionClosed("the connection attempt was abandoned"))
+            error = _connect_error(exc, params, timeout)
+            if error is exc:
+                raise
+            raise error from exc
         finally:
-            self._handshaking = None
+            if self._handshaking is not None and self._handshaking[0] is link:
+                self._handshaking = None
             if self._ch0_waiter is not None and self._ch0_waiter[0] is link:
                 self._ch0_waiter = None
         return link
@@ -230,11 +247,11 @@ class Connection:
         link.write(frames.PROTOCOL_HEADER)
         start = await self._expect(link, "Connection.Start")
         assert isinstance(start, spec.Connection.Start)
-        mechanisms = start.mechanisms.split()
+        mechanisms = (start.mechanisms or "").split()
         if "PLAIN" not in mechanisms:
             raise ConnectError(
                 f"the broker at {params.safe_url} does not offer PLAIN authentication "
-                f"(it offers {start.mechanisms})"
+                f"(it offers {start.mechanisms!r})"
             )
         self.server_properties = dict(start.server_properties or {})
         response = f"\0{params.username}\0{params.password}"
@@ -253,11 +270,8 @@ class Connection:
         assert isinstance(tune, spec.Connection.Tune)
         channel_max = _negotiate(params.channel_max, tune.channel_max)
         frame_max = _negotiate(params.frame_max, tune.frame_max)
-        heartbeat = (
-            params.heartbeat
-            if params.heartbeat == 0
-            else _negotiate(params.heartbeat, tune.heartbeat)
-        )
+        # heartbeat=0 in the URL turns heartbeats off whatever the broker proposes.
+        heartbeat = 0 if params.heartbeat == 0 else _negotiate(params.heartbeat, tune.heartbeat)
         link.write(
             frames.encode_method(
                 0,
@@ -302,8 +316,9 @@ class Connection:
     def _close_error(self, link: Link, method: spec.Connection.Close) -> HutchConnectionError:
         code = method.reply_code or 0
         text = method.reply_text
-        params = self._endpoints[self._endpoint_index]
-        if link is self._handshaking:
+        handshaking = self._handshaking
+        if handshaking is not None and handshaking[0] is link:
+            params = handshaking[1]
             if code == 403:
                 return AuthenticationError(
                     f"the broker refused the login of user {params.username!r} at "
@@ -315,7 +330,9 @@ class Connection:
                     f"{params.username!r} ({code} {text}); check that the vhost exists "
                     "(rabbitmqctl list_vhosts) and that the user has permissions on it"
                 )
-            return ConnectError(f"the broker refused the connection: {code} {text}")
+            return ConnectError(
+                f"the broker at {params.safe_url} refused the connection: {code} {text}"
+            )
         return ConnectionLost(
             f"the broker closed the connection: {code} {text}", reply_code=code, reply_text=text
         )
@@ -342,11 +359,13 @@ class Connection:
         if self._state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
             return
         for callback in list(self._disconnect_callbacks):
-            self._spawn(self._run_callback(callback, self, error))
+            self._spawn(self._run_callback(callback, self, error), "disconnect-callback")
         if self.robust:
+            if time.monotonic() - self._connected_at >= max(self.reconnect_max_delay, 1.0):
+                self._attempts = 0
             log.warning("connection to %s lost (%s); reconnecting", self.url, error)
             self._state = ConnectionState.RECONNECTING
-            self._reconnect_task = self._spawn(self._reconnect(link))
+            self._spawn(self._reconnect(), "reconnect")
         else:
             self._error = error
             self._state = ConnectionState.CLOSED
@@ -354,82 +373,100 @@ class Connection:
 
     async def _first_connect(self) -> None:
         """Connect for the first time; a robust connection retries within its bound."""
-        deadline = time.monotonic() + (self.initial_connect_timeout if self.robust else 0)
-        attempt = 0
+        bound = self.initial_connect_timeout if self.robust else None
+        deadline = None if bound is None else time.monotonic() + bound
         while True:
             try:
-                link = await self._connect_any()
+                link = await self._connect_any(deadline)
             except (AuthenticationError, VirtualHostError):
                 raise
-            except ConnectError as exc:
-                delay = self._backoff(attempt)
-                if time.monotonic() + delay > deadline:
-                    if self.robust:
-                        raise ConnectError(
-                            f"{exc} (gave up after retrying for {self.initial_connect_timeout:g} s)"
-                        ) from exc
+            except HutchConnectionError as exc:
+                if deadline is None:
                     raise
+                delay = self._backoff(self._attempts)
+                self._attempts += 1
+                if time.monotonic() + delay >= deadline:
+                    raise ConnectError(
+                        f"{exc} (gave up after retrying for {bound:g} s; raise "
+                        "initial_connect_timeout to wait longer for the broker)"
+                    ) from exc
                 log.warning("%s; retrying in %.1f s", exc, delay)
-                attempt += 1
                 await asyncio.sleep(delay)
                 continue
             self._link = link
+            self._attempts = 0
+            self._connected_at = time.monotonic()
             self._state = ConnectionState.CONNECTED
             self._ready.set()
             return
 
-    async def _connect_any(self) -> Link:
-        """Try every endpoint once, starting with the current one."""
-        errors: list[str] = []
+    async def _connect_any(self, deadline: float | None) -> Link:
+        """Try every endpoint once, starting with the current one.
+
+        Raises the one endpoint's error as it is, or a ``ConnectError`` naming every failure.
+        """
+        errors: list[HutchConnectionError] = []
         count = len(self._endpoints)
         for step in range(count):
             index = (self._endpoint_index + step) % count
+            params = self._endpoints[index]
+            timeout = params.connection_timeout
+            if deadline is not None:
+                timeout = min(timeout, deadline - time.monotonic())
+                if timeout <= 0:
+                    break
             try:
-                link = await self._connect_once(self._endpoints[index])
+                link = await self._connect_once(params, timeout)
             except (AuthenticationError, VirtualHostError):
                 raise
-            except ConnectError as exc:
-                errors.append(str(exc))
+            except HutchConnectionError as exc:
+                errors.append(exc)
                 continue
             self._endpoint_index = index
             return link
-        raise ConnectError("; ".join(errors))
+        if len(errors) == 1 and count == 1:
+            raise errors[0]
+        if not errors:
+            raise ConnectTimeout("no time was left to try a broker")
+        raise ConnectError(
+            f"could not connect to any of {count} brokers: " + "; ".join(map(str, errors))
+        ) from errors[-1]
 
     def _backoff(self, attempt: int) -> float:
-        delay = min(self.reconnect_max_delay, self.reconnect_delay * (2**attempt))
+        delay = min(self.reconnect_max_delay, self.reconnect_delay * (2 ** min(attempt, 30)))
         return float(delay * random.uniform(0.5, 1.0))
 
-    async def _reconnect(self, old: Link) -> None:
+    async def _reconnect(self) -> None:
+        """Reconnect until it works or the connection is closed, then restore the channels."""
         # Exclusive queues and consumers of the old connection stay locked until the broker
-        # notices it is gone: at most two of its heartbeats (or at once, if the socket closed).
-        locked_until = time.monotonic() + max(10.0, 2.5 * self.heartbeat)
-        attempt = 0
-        self._endpoint_index = (
-            (self._endpoint_index + 1) % len(self._endpoints) if len(self._endpoints) > 1 else 0
-        )
+        # notices it is gone: at once if the socket closed, else after two of its heartbeats.
+        locked_until = time.monotonic() + max(_LOCK_WAIT_MIN, 2.5 * self.heartbeat)
+        if len(self._endpoints) > 1:
+            # The broker we lost may be the one that went away: start with the next one.
+            self._endpoint_index = (self._endpoint_index + 1) % len(self._endpoints)
         while self._state is ConnectionState.RECONNECTING:
+            if self._attempts:
+                await asyncio.sleep(self._backoff(self._attempts - 1))
             try:
-                link = await self._connect_any()
-            except ConnectError as exc:
-                delay = self._backoff(attempt)
-                attempt += 1
-                log.warning("reconnect failed: %s; next try in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                continue
-            if self.state is not ConnectionState.RECONNECTING:
-                link.close_transport()
-                return
-            self._link = link
-            try:
-                for channel in list(self._channels.values()):
-                    if not channel.is_closed:
-                        await self._restore_channel(channel, link, locked_until)
+                link = await self._connect_any(None)
             except HutchConnectionError as exc:
+                self._attempts += 1
+                level = logging.ERROR if isinstance(exc, AuthenticationError) else logging.WARNING
+                log.log(level, "reconnecting failed (attempt %d): %s", self._attempts, exc)
+                continue
+            self._attempts += 1
+            self._link = link
+            self._connected_at = time.monotonic()
+            try:
+                await self._restore_channels(link, locked_until)
+            except HutchConnectionError as exc:
+                # The new link died too; _on_link_lost started the next attempt (or we are
+                # closing). Nothing is left for this task to do.
                 log.warning("connection lost again while restoring channels: %s", exc)
-                if self._link is link:
-                    link.fail(ConnectionLost(str(exc)))
-                # _on_link_lost started a fresh reconnect task (or we are closing); stop here.
                 return
+            if self._link is not link or self._state is not ConnectionState.RECONNECTING:
+                return
+            # (_attempts is reset only once this connection has lasted: see _on_link_lost.)
             self._state = ConnectionState.CONNECTED
             self._ready.set()
             log.info("reconnected to %s", self.url)
@@ -437,17 +474,36 @@ class Connection:
                 await self._run_callback(callback, self)
             return
 
-    async def _restore_channel(self, channel: Channel, link: Link, locked_until: float) -> None:
-        try:
-            await channel._restore(link, locked_until)
-        except HutchConnectionError:
-            raise
-        except HutchError as exc:
-            log.error(
-                "channel %d could not be restored after reconnecting: %s", channel.number, exc
-            )
-            channel._fail_inflight(exc)
-            channel._finish(exc)
+    async def _restore_channels(self, link: Link, locked_until: float) -> None:
+        """Restore every channel on ``link``, in the order they were opened.
+
+        A channel refused with NOT_FOUND may depend on an exchange or queue another channel
+        declares; it is tried again after the others, as long as each pass makes progress.
+        """
+        pending = [channel for channel in self._channels.values() if not channel.is_closed]
+        while pending:
+            retry: list[tuple[Channel, HutchError]] = []
+            for channel in pending:
+                try:
+                    await channel._restore(link, locked_until)
+                except HutchConnectionError:
+                    if _closed_for_good(channel):
+                        continue  # closed by the user before or while it was being restored
+                    raise
+                except NotFound as error:
+                    retry.append((channel, error))
+                except HutchError as error:
+                    self._give_up_channel(channel, error)
+            if len(retry) == len(pending):
+                for channel, refusal in retry:
+                    self._give_up_channel(channel, refusal)
+                return
+            pending = [channel for channel, _ in retry]
+
+    def _give_up_channel(self, channel: Channel, error: HutchError) -> None:
+        log.error("channel %d could not be restored after reconnecting: %s", channel.number, error)
+        channel._fail_inflight(error)
+        channel._finish(error)
 
     async def _run_callback(self, callback: Callable[..., Any], *args: Any) -> None:
         try:
@@ -459,13 +515,14 @@ class Connection:
 
     def _run_close_callbacks(self, error: BaseException | None) -> None:
         for callback in list(self._close_callbacks):
-            self._spawn(self._run_callback(callback, self, error))
+            self._spawn(self._run_callback(callback, self, error), "close-callback")
 
     # -- tasks ------------------------------------------------------------------------------
 
-    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+    def _spawn(self, coro: Awaitable[Any], what: str) -> asyncio.Task[Any]:
         """Run ``coro`` as a task this connection owns (cancelled and awaited on close)."""
         task = asyncio.ensure_future(coro)
+        task.set_name(f"hutch-{what}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -473,39 +530,58 @@ class Connection:
     # -- channels ---------------------------------------------------------------------------
 
     async def _wait_ready(self) -> Link:
-        if self._state is ConnectionState.CONNECTED and self._link is not None:
-            return self._link
+        """The open link, waiting (up to ``reconnect_timeout``) while reconnecting."""
         if self._state is ConnectionState.RECONNECTING:
             try:
                 async with asyncio.timeout(self.reconnect_timeout):
-                    await self._ready.wait()
+                    while self._state is ConnectionState.RECONNECTING:
+                        await self._ready.wait()
             except TimeoutError:
                 raise ConnectionLost(
-                    f"not reconnected to the broker within {self.reconnect_timeout:g} s"
+                    f"not reconnected to the broker within {self.reconnect_timeout:g} s; "
+                    "it may be down or unreachable (reconnect_timeout sets this bound)"
                 ) from None
-            if self._link is not None:
-                return self._link
-        if isinstance(self._error, HutchError):
+        if self._state is ConnectionState.CONNECTED and self._link is not None:
+            return self._link
+        if self._state is ConnectionState.CLOSED and isinstance(self._error, HutchError):
             raise self._error
         raise ConnectionClosed("the connection is closed; open a new one with hutch.connect()")
 
     async def channel(self, *, publisher_confirms: bool = True) -> Channel:
         """Open a new channel. With ``publisher_confirms`` (the default) ``publish`` waits for
-        the broker to confirm each message."""
-        link = await self._wait_ready()
-        number = next((n for n in range(1, self._channel_max + 1) if n not in self._channels), None)
-        if number is None:
-            raise ConnectionLost(
-                f"all {self._channel_max} channels of this connection are in use; close some"
+        the broker to confirm each message.
+
+        On a robust connection this waits for a reconnect in progress (up to
+        ``reconnect_timeout``) and tries again if the connection drops while opening.
+        """
+        deadline = time.monotonic() + self.reconnect_timeout
+        while True:
+            link = await self._wait_ready()
+            number = next(
+                (n for n in range(1, self._channel_max + 1) if n not in self._channels), None
             )
-        channel = Channel(self, number, publisher_confirms)
-        self._channels[number] = channel
-        try:
-            await channel._open(link)
-        except BaseException:
-            self._channels.pop(number, None)
-            raise
-        return channel
+            if number is None:
+                raise HutchError(
+                    f"all {self._channel_max} channels of this connection are in use; close "
+                    "some, or open another connection"
+                )
+            channel = Channel(self, number, publisher_confirms)
+            self._channels[number] = channel
+            try:
+                await channel._open(link)
+            except HutchConnectionError as exc:
+                self._forget_channel(channel)
+                if (
+                    not self.robust
+                    or isinstance(exc, ConnectionClosed)
+                    or time.monotonic() >= deadline
+                ):
+                    raise
+                continue
+            except BaseException:
+                self._forget_channel(channel)
+                raise
+            return channel
 
     def _forget_channel(self, channel: Channel) -> None:
         if self._channels.get(channel.number) is channel:
@@ -514,23 +590,30 @@ class Connection:
     # -- closing ----------------------------------------------------------------------------
 
     async def close(self, reason: str = "closed by the client") -> None:
-        """Close the connection and every channel; stop reconnecting. Idempotent."""
+        """Close the connection and every channel; stop reconnecting. Idempotent.
+
+        Returns once every task hutch started for this connection has finished. May be called
+        from a consumer or connection callback: that callback's own task is left to finish.
+        """
         if self._close_task is None:
-            self._close_task = asyncio.ensure_future(self._close(reason))
+            closer = asyncio.current_task()
+            self._close_task = asyncio.ensure_future(self._close(reason, closer))
+            self._close_task.set_name("hutch-close")
         await asyncio.shield(self._close_task)
 
-    async def _close(self, reason: str) -> None:
+    async def _close(self, reason: str, closer: asyncio.Task[Any] | None) -> None:
         if self._state is ConnectionState.CLOSED:
-            await self._drain_tasks()
+            await self._drain_tasks(closer)
             return
         self._state = ConnectionState.CLOSING
         self._ready.set()
         for task in list(self._tasks):
-            task.cancel()
+            if task is not closer:
+                task.cancel()
         error = ConnectionClosed("the connection was closed by this program")
         channels = list(self._channels.values())
         for channel in channels:
-            await channel._cancel_tasks()
+            await channel._cancel_tasks(closer)
         link = self._link
         if link is not None and link.is_open:
             self._close_waiter = asyncio.get_running_loop().create_future()
@@ -543,30 +626,77 @@ class Connection:
                 )
             )
             try:
-                async with asyncio.timeout(3):
+                async with asyncio.timeout(_CLOSE_TIMEOUT):
                     await self._close_waiter
             except TimeoutError:
-                pass
-            link.error = error
+                log.warning("the broker did not answer connection.close; dropping the socket")
+        # From here on the socket closing is not a loss to recover from.
+        self._link = None
+        if link is not None:
+            if link.error is None:
+                link.error = error
             link.close_transport()
             try:
-                async with asyncio.timeout(3):
+                async with asyncio.timeout(_CLOSE_TIMEOUT):
                     await asyncio.shield(link.closed)
             except TimeoutError:
                 link.fail(error)
-        self._link = None
         for channel in channels:
-            channel._on_link_lost(error)
+            channel._fail_inflight(error)
             channel._finish(None)
         self._state = ConnectionState.CLOSED
         self._run_close_callbacks(None)
-        await self._drain_tasks()
+        await self._drain_tasks(closer)
 
-    async def _drain_tasks(self) -> None:
+    async def _drain_tasks(self, closer: asyncio.Task[Any] | None) -> None:
         current = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not current]
+        tasks = [t for t in self._tasks if t is not current and t is not closer]
         if tasks:
             await asyncio.wait(tasks, timeout=5)
+
+
+def _closed_for_good(channel: Channel) -> bool:
+    return channel.is_closed
+
+
+def _connect_error(
+    exc: BaseException, params: ConnectionParameters, timeout: float
+) -> BaseException:
+    """The error a failed connection attempt raises (``exc`` itself when it is clear)."""
+    if isinstance(exc, ConnectError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return ConnectTimeout(
+            f"no AMQP handshake with {params.safe_url} within {timeout:g} s; is the broker "
+            "overloaded or unreachable, or is this port something else?"
+        )
+    if isinstance(exc, _ssl.SSLCertVerificationError):
+        return ConnectError(
+            f"TLS certificate verification failed for {params.safe_url}: "
+            f"{exc.verify_message}; pass ssl=<SSLContext> (or ?cafile=) with the CA that "
+            "signed the broker's certificate"
+        )
+    if isinstance(exc, _ssl.SSLError):
+        return ConnectError(
+            f"TLS error talking to {params.safe_url}: {exc}; is this a TLS port, and does "
+            "the broker accept this client's TLS settings?"
+        )
+    if isinstance(exc, ProtocolError):
+        return ProtocolError(
+            f"{exc} (during the handshake with {params.safe_url}: is this a RabbitMQ AMQP "
+            "port? a TLS port needs amqps://)"
+        )
+    if isinstance(exc, HutchConnectionError):
+        return ConnectError(
+            f"the connection to {params.safe_url} failed during the handshake: {exc}"
+        )
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        return ConnectError(
+            f"could not connect to {params.safe_url}: {reason}; is RabbitMQ running "
+            "and listening there?"
+        )
+    return exc
 
 
 def _negotiate(client: int, server: int) -> int:
@@ -597,21 +727,29 @@ def _split_hosts(url: str) -> list[ConnectionParameters]:
     if not sep:
         return [parse_url(url)]
     auth, at, hosts_and_path = rest.rpartition("@")
-    hosts, slash, path = hosts_and_path.partition("/")
+    cut = min(
+        (i for i in (hosts_and_path.find("/"), hosts_and_path.find("?")) if i >= 0),
+        default=len(hosts_and_path),
+    )
+    hosts, path = hosts_and_path[:cut], hosts_and_path[cut:]
     if "," not in hosts:
         return [parse_url(url)]
     prefix = f"{scheme}://{auth}{at}"
-    return [parse_url(f"{prefix}{host}{slash}{path}") for host in hosts.split(",") if host]
+    return [parse_url(f"{prefix}{host}{path}") for host in hosts.split(",") if host]
 
 
 def _apply_options(
     endpoints: list[ConnectionParameters], options: dict[str, Any]
 ) -> list[ConnectionParameters]:
-    overrides = {
-        key: options.pop(key)
-        for key in ("heartbeat", "connection_timeout", "channel_max", "frame_max", "name")
-        if key in options
-    }
+    """Apply keyword options named like the URL's query options (``heartbeat=5``, ...)."""
+    overrides: dict[str, Any] = {}
+    for key in [key for key in options if key in URL_OPTIONS]:
+        value = options.pop(key)
+        attr, convert = URL_OPTIONS[key]
+        try:
+            overrides[attr] = value if attr == "name" else convert(str(value))
+        except ValueError as exc:
+            raise ValueError(f"bad value {value!r} for option {key!r}: {exc}") from None
     if not overrides:
         return endpoints
     return [endpoint.with_options(**overrides) for endpoint in endpoints]

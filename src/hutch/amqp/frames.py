@@ -72,12 +72,20 @@ def encode_method(channel: int, method: Method) -> bytes:
     return _pamqp_frame.marshal(method, channel)
 
 
-def _timestamp_seconds(value: datetime.datetime | float) -> int:
+def _timestamp_seconds(value: datetime.datetime | float) -> bytes:
+    """The wire form of a timestamp: whole seconds since the epoch (naive datetimes are UTC,
+    as pamqp takes them)."""
     if isinstance(value, datetime.datetime):
-        if value.tzinfo is None:
+        if value.tzinfo is None or value.utcoffset() is None:
             value = value.replace(tzinfo=_UTC)
-        return int(value.timestamp())
-    return int(value)
+        seconds = int(value.timestamp())
+    else:
+        seconds = int(value)
+    if not 0 <= seconds < 1 << 64:
+        raise ValueError(
+            f"timestamp must be a datetime or seconds since 1970 that AMQP can carry, not {value!r}"
+        )
+    return _U64.pack(seconds)
 
 
 def expiration_text(seconds: float) -> str:
@@ -143,7 +151,7 @@ def encode_properties(message: Message) -> bytes:
     value = message.timestamp
     if value is not None:
         flags |= 0x0040
-        append(_U64.pack(_timestamp_seconds(value)))
+        append(_timestamp_seconds(value))
     value = message.type
     if value:
         flags |= 0x0020
@@ -176,6 +184,11 @@ def encode_publish(
     body = message.body
     size = len(body)
     header = _CONTENT_START.pack(60, 0, size) + encode_properties(message)
+    if frame_max and len(header) + FRAME_OVERHEAD > frame_max:
+        raise ValueError(
+            f"the message properties take {len(header)} bytes, more than fit in one frame "
+            f"(the broker's frame_max is {frame_max}); make the headers smaller"
+        )
     pack = FRAME_HEAD.pack
     parts = [
         pack(FRAME_METHOD, channel, len(method)),

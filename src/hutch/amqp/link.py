@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hutch.amqp import frames
 from hutch.exceptions import ConnectionLost, HutchConnectionError, ProtocolError
@@ -64,13 +65,21 @@ class Link(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.error is None:
-            reason = f": {exc}" if exc else ""
-            self.error = ConnectionLost(f"the connection to the broker was lost{reason}")
+            if self._leftover and self._leftover[:4] != b"AMQP":
+                self.error = ProtocolError(
+                    f"the connection closed in the middle of a frame ({len(self._leftover)} "
+                    "bytes of it had arrived): the broker hung up mid-message or the stream "
+                    "is corrupt"
+                )
+                log.error("%s", self.error)
+            else:
+                reason = f": {exc}" if exc else ""
+                self.error = ConnectionLost(f"the connection to the broker was lost{reason}")
         self._stop_timers()
         self.transport = None
         self._out.clear()
@@ -151,6 +160,9 @@ class Link(asyncio.Protocol):
         except ProtocolError as exc:
             self.fail(exc)
             return
+        except (struct.error, IndexError) as exc:  # a frame too short for what it claims
+            self.fail(ProtocolError(f"the broker sent a frame too short for its contents: {exc}"))
+            return
         if pos < total:
             self._leftover = data[pos:]
 
@@ -204,8 +216,10 @@ class Link(asyncio.Protocol):
         if interval <= 0:
             return
         tick = interval / 4
-        # Silent for 7 ticks (1.75 intervals) means dead: detection lands within 2 intervals.
-        limit = 7
+        # RabbitMQ sends a heartbeat every half interval when idle. Silent for 6 whole ticks
+        # means dead: detected 1.5 to 1.75 intervals after the last byte, within the 2
+        # intervals AMQP allows, with a quarter interval to spare for a late event loop.
+        limit = 6
 
         def beat() -> None:
             if self.transport is None:

@@ -32,6 +32,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _channel_max(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be between 0 (no limit) and 65535")
+    return value
+
+
 def _frame_max(text: str) -> int:
     value = int(text)
     if value < 4096:
@@ -54,7 +61,7 @@ _OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "heartbeat": ("heartbeat", _non_negative_int),
     "connection_timeout": ("connection_timeout", _seconds),
     "timeout": ("connection_timeout", _seconds),
-    "channel_max": ("channel_max", _non_negative_int),
+    "channel_max": ("channel_max", _channel_max),
     "frame_max": ("frame_max", _frame_max),
     "cafile": ("cafile", str),
     "certfile": ("certfile", str),
@@ -111,8 +118,9 @@ def parse_url(url: str) -> ConnectionParameters:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in {"amqp", "amqps"}:
-        shown = url.split("://", 1)[0] if "://" in url else url[:20]
-        raise ValueError(f"unsupported URL scheme in {shown!r}: use amqp://, amqps:// or memory://")
+        # Only the scheme is shown: the rest may hold a password.
+        shown = f"{parts.scheme}://" if "://" in url else "(none)"
+        raise ValueError(f"unsupported URL scheme {shown!r}: use amqp://, amqps:// or memory://")
     tls = scheme == "amqps"
     try:
         port = parts.port
