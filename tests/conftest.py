@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Iterator
-
 import pytest
 
 from tests.support.brokers import BackgroundNode, Broker
@@ -55,8 +53,8 @@ def amqp_url(rabbitmq: Broker) -> str:
 
 
 @pytest.fixture
-def name(request: pytest.FixtureRequest) -> Iterator[str]:
+def name(request: pytest.FixtureRequest) -> str:
     """A queue/exchange name unique to this test."""
     # AMQP names allow letters, digits, "-_.:" only: parametrized ids bring "[", "]", ...
     label = re.sub(r"[^\w.:-]", "_", request.node.name[:60], flags=re.ASCII)
-    yield f"test.{label}.{uuid.uuid4().hex[:8]}"
+    return f"test.{label}.{uuid.uuid4().hex[:8]}"
