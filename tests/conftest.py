@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
+
 import pytest
 
 from tests.support.brokers import BackgroundNode, Broker
