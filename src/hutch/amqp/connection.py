@@ -50,6 +50,9 @@ _CLOSE_TIMEOUT = 3.0
 # The least time a restore retries a queue or consumer the old connection still holds
 # exclusively (more with long heartbeats: the broker needs two of them to give up on it).
 _LOCK_WAIT_MIN = 10.0
+# A connection lost sooner than this after it was made counts as a failed attempt, so a broker
+# that accepts and then drops every connection is retried with growing delays, not in a loop.
+_STABLE_AFTER = 1.0
 
 
 def _version() -> str:
@@ -361,7 +364,7 @@ class Connection:
         for callback in list(self._disconnect_callbacks):
             self._spawn(self._run_callback(callback, self, error), "disconnect-callback")
         if self.robust:
-            if time.monotonic() - self._connected_at >= max(self.reconnect_max_delay, 1.0):
+            if time.monotonic() - self._connected_at >= _STABLE_AFTER:
                 self._attempts = 0
             log.warning("connection to %s lost (%s); reconnecting", self.url, error)
             self._state = ConnectionState.RECONNECTING
@@ -373,8 +376,9 @@ class Connection:
 
     async def _first_connect(self) -> None:
         """Connect for the first time; a robust connection retries within its bound."""
-        bound = self.initial_connect_timeout if self.robust else None
-        deadline = None if bound is None else time.monotonic() + bound
+        # Without a bound (plain connect, or initial_connect_timeout=0): one try per broker.
+        bound = self.initial_connect_timeout if self.robust else 0.0
+        deadline = time.monotonic() + bound if bound > 0 else None
         while True:
             try:
                 link = await self._connect_any(deadline)
@@ -454,15 +458,24 @@ class Connection:
                 level = logging.ERROR if isinstance(exc, AuthenticationError) else logging.WARNING
                 log.log(level, "reconnecting failed (attempt %d): %s", self._attempts, exc)
                 continue
+            except Exception:
+                # A bug must not end the reconnecting for good: report it and try again.
+                self._attempts += 1
+                log.exception("reconnecting failed unexpectedly (attempt %d)", self._attempts)
+                continue
             self._attempts += 1
             self._link = link
             self._connected_at = time.monotonic()
             try:
                 await self._restore_channels(link, locked_until)
-            except HutchConnectionError as exc:
-                # The new link died too; _on_link_lost started the next attempt (or we are
-                # closing). Nothing is left for this task to do.
-                log.warning("connection lost again while restoring channels: %s", exc)
+            except Exception as exc:
+                if isinstance(exc, HutchConnectionError):
+                    log.warning("connection lost again while restoring channels: %s", exc)
+                else:
+                    log.exception("restoring the channels failed unexpectedly; reconnecting")
+                if link.is_open:
+                    link.fail(ConnectionLost(f"restoring the channels failed: {exc}"))
+                # The link is dead: _on_link_lost starts the next attempt (unless closing).
                 return
             if self._link is not link or self._state is not ConnectionState.RECONNECTING:
                 return
@@ -671,10 +684,16 @@ def _connect_error(
             "overloaded or unreachable, or is this port something else?"
         )
     if isinstance(exc, _ssl.SSLCertVerificationError):
+        # 62/64: X509_V_ERR_HOSTNAME_MISMATCH / X509_V_ERR_IP_ADDRESS_MISMATCH
+        hint = (
+            "connect with a host name the certificate names"
+            if exc.verify_code in (62, 64)
+            else "pass ssl=<SSLContext> (or ?cafile=) with the CA that signed the broker's "
+            "certificate"
+        )
         return ConnectError(
             f"TLS certificate verification failed for {params.safe_url}: "
-            f"{exc.verify_message}; pass ssl=<SSLContext> (or ?cafile=) with the CA that "
-            "signed the broker's certificate"
+            f"{exc.verify_message}; {hint}"
         )
     if isinstance(exc, _ssl.SSLError):
         return ConnectError(
@@ -756,13 +775,21 @@ def _apply_options(
 
 
 async def connect(
-    url: str | ConnectionParameters = "amqp://guest:guest@localhost/",
+    url: str | ConnectionParameters | Sequence[str | ConnectionParameters] = (
+        "amqp://guest:guest@localhost/"
+    ),
     *,
     client_properties: dict[str, Any] | None = None,
     ssl: _ssl.SSLContext | None = None,
     **options: Any,
 ) -> Connection:
-    """Open a connection to one AMQP broker (not robust: a lost connection stays lost)."""
+    """Open a connection to an AMQP broker (not robust: a lost connection stays lost, and
+    every waiter gets ``ConnectionLost``).
+
+    ``url`` may name several brokers (a list, or ``h1,h2``): the first that answers is used.
+    ``options`` are the URL's query options as keywords (``heartbeat=5``, ``name="app"``,
+    ``connection_timeout=3``, ...), overriding the URL's.
+    """
     endpoints = _apply_options(_endpoints(url), options)
     if options:
         raise TypeError(f"connect() got unexpected keyword arguments: {', '.join(options)}")
@@ -786,15 +813,23 @@ async def connect_robust(
 ) -> Connection:
     """Open a connection that reconnects by itself and restores its channels.
 
+    docs/reliability.md states what is guaranteed under each fault.
+
     Args:
         url: one URL, a list of URLs, or one URL naming several hosts (``h1,h2``); they are
-            tried in turn.
+            tried in turn, and a reconnect starts with the next one.
+        client_properties: sent to the broker (``connection_name`` names the connection).
+        ssl: the TLS context for ``amqps://`` URLs (default: verify against the system CAs, or
+            the URL's ``cafile``).
         reconnect_delay, reconnect_max_delay: the backoff between attempts starts at
             ``reconnect_delay`` seconds and doubles up to ``reconnect_max_delay`` (with jitter).
         reconnect_timeout: how long an operation (publish, declare, ...) waits for a reconnect
             before raising ``ConnectionLost``.
         initial_connect_timeout: how long the first connection keeps retrying (a service may
-            start before its broker) before raising ``ConnectError``.
+            start before its broker) before raising ``ConnectError``; a refused login or vhost
+            is raised at once.
+        options: URL query options as keywords (``heartbeat=5``, ``name="worker"``, ...); they
+            override the URL's.
     """
     endpoints = _apply_options(_endpoints(url), options)
     if options:

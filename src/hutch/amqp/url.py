@@ -25,10 +25,10 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _non_negative_int(text: str) -> int:
+def _heartbeat(text: str) -> int:
     value = int(text)
-    if value < 0:
-        raise ValueError("must be 0 or a positive integer")
+    if not 0 <= value <= 65535:
+        raise ValueError("must be between 0 (off) and 65535 seconds")
     return value
 
 
@@ -58,7 +58,7 @@ def _flag(text: str) -> bool:
 _OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "name": ("name", str),
     "connection_name": ("name", str),
-    "heartbeat": ("heartbeat", _non_negative_int),
+    "heartbeat": ("heartbeat", _heartbeat),
     "connection_timeout": ("connection_timeout", _seconds),
     "timeout": ("connection_timeout", _seconds),
     "channel_max": ("channel_max", _channel_max),

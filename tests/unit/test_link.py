@@ -1,0 +1,548 @@
+"""The connection against a scripted fake broker: handshake, heartbeats, blocking, closing,
+refusals, lost connections and malformed input."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+from pamqp import commands as spec
+
+import hutch
+from hutch.amqp import connect, connect_robust
+from tests.support.fake_amqp import (
+    FakeBroker,
+    FakeConnection,
+    content_frames,
+    method_frame,
+    raw_frame,
+    serve,
+)
+from tests.support.logwatch import LogWatch
+
+SECRET = "pa55-w0rd-s3cret"
+
+
+async def forever() -> None:
+    await asyncio.Event().wait()
+
+
+# -- handshake ------------------------------------------------------------------------------
+
+
+async def test_handshake_sends_plain_credentials_properties_and_negotiated_limits() -> None:
+    """The client authenticates with PLAIN, names itself, and takes the smaller of each limit."""
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.handshake(heartbeat=10, frame_max=65536, channel_max=100)
+        await serve(conn)
+
+    async with FakeBroker(script) as broker:
+        url = broker.url("name=billing&heartbeat=5&frame_max=131072&channel_max=2047")
+        async with await connect(url) as connection:
+            conn = broker.connections[0]
+            assert conn.start_ok is not None
+            assert conn.tune_ok is not None
+            assert conn.open is not None
+            assert conn.start_ok.mechanism == "PLAIN"
+            assert conn.start_ok.response == "\0guest\0guest"
+            props = conn.start_ok.client_properties
+            assert props["product"] == "hutch"
+            assert props["connection_name"] == "billing"
+            capabilities = props["capabilities"]
+            for name in ("connection.blocked", "publisher_confirms", "consumer_cancel_notify"):
+                assert capabilities[name] is True
+            assert (conn.tune_ok.heartbeat, conn.tune_ok.frame_max) == (5, 65536)
+            assert conn.tune_ok.channel_max == 100
+            assert conn.open.virtual_host == "/"
+            assert connection.heartbeat == 5
+            assert connection.state is hutch.ConnectionState.CONNECTED
+
+
+async def test_client_properties_argument_sets_connection_name() -> None:
+    """``client_properties={"connection_name": ...}`` (as the seed passes it) reaches the broker."""
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.handshake()
+        await serve(conn)
+
+    async with FakeBroker(script) as broker:
+        props = {"connection_name": "caller", "team": "payments"}
+        async with await connect(broker.url(), client_properties=props):
+            start_ok = broker.connections[0].start_ok
+            assert start_ok is not None
+            assert start_ok.client_properties["connection_name"] == "caller"
+            assert start_ok.client_properties["team"] == "payments"
+
+
+async def test_heartbeat_zero_in_url_turns_heartbeats_off() -> None:
+    """``?heartbeat=0`` answers tune with heartbeat 0 whatever the broker proposed."""
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.handshake(heartbeat=60)
+        await serve(conn)
+
+    async with FakeBroker(script) as broker, await connect(broker.url("heartbeat=0")) as conn:
+        tune_ok = broker.connections[0].tune_ok
+        assert tune_ok is not None
+        assert tune_ok.heartbeat == 0
+        assert conn.heartbeat == 0
+
+
+async def test_broker_without_plain_auth_is_refused_clearly() -> None:
+    """A broker that offers no PLAIN mechanism gives a ConnectError saying so."""
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.handshake(mechanisms="EXTERNAL")
+
+    async with FakeBroker(script) as broker:
+        with pytest.raises(hutch.ConnectError, match="PLAIN"):
+            await connect(broker.url())
+
+
+async def test_refused_login_raises_authentication_error_without_the_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 403 during the handshake is an AuthenticationError naming the user, never the password."""
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.reader.readexactly(8)
+        conn.send_method(0, spec.Connection.Start(mechanisms="PLAIN", locales="en_US"))
+        await conn.expect(spec.Connection.StartOk)
+        conn.send_method(
+            0,
+            spec.Connection.Close(
+                reply_code=403,
+                reply_text="ACCESS_REFUSED - Login was refused",
+                class_id=0,
+                method_id=0,
+            ),
+        )
+        await conn.expect(spec.Connection.CloseOk)
+
+    caplog.set_level(logging.DEBUG)
+    async with FakeBroker(script) as broker:
+        with pytest.raises(hutch.AuthenticationError, match="refused the login") as caught:
+            await connect(broker.url(password=SECRET))
+        assert "'guest'" in str(caught.value)
+        assert SECRET not in str(caught.value)
+        assert SECRET not in caplog.text
+
+
+async def test_refused_vhost_raises_virtual_host_error_in_words() -> None:
+    """A 530 in answer to connection.open is a VirtualHostError naming the vhost."""
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.reader.readexactly(8)
+        conn.send_method(0, spec.Connection.Start(mechanisms="PLAIN", locales="en_US"))
+        await conn.expect(spec.Connection.StartOk)
+        conn.send_method(0, spec.Connection.Tune(channel_max=0, frame_max=131072, heartbeat=0))
+        await conn.expect(spec.Connection.TuneOk)
+        await conn.expect(spec.Connection.Open)
+        conn.send_method(
+            0,
+            spec.Connection.Close(
+                reply_code=530,
+                reply_text="NOT_ALLOWED - vhost nope not found",
+                class_id=0,
+                method_id=0,
+            ),
+        )
+        await conn.expect(spec.Connection.CloseOk)
+
+    async with FakeBroker(script) as broker:
+        with pytest.raises(hutch.VirtualHostError, match="virtual host 'nope'") as caught:
+            await connect(broker.url(vhost="nope"))
+        assert "530" in str(caught.value)
+
+
+async def test_silent_server_gives_connect_timeout_in_time() -> None:
+    """A server that accepts but never answers gives ConnectTimeout after connection_timeout."""
+    async with FakeBroker(lambda conn: forever()) as broker:
+        started = time.monotonic()
+        with pytest.raises(hutch.ConnectTimeout, match=r"within 0\.5 s"):
+            await connect(broker.url("connection_timeout=0.5"))
+        assert time.monotonic() - started < 3
+
+
+async def test_nothing_listening_gives_connect_error_without_password() -> None:
+    """A closed port gives a ConnectError that says to check the broker, password masked."""
+    async with FakeBroker(lambda conn: forever()) as broker:
+        url = broker.url(password=SECRET)
+    with pytest.raises(hutch.ConnectError, match="is RabbitMQ running") as caught:
+        await connect(url)
+    assert SECRET not in str(caught.value)
+    assert isinstance(caught.value, ConnectionError)
+
+
+async def test_server_speaking_another_protocol_version_is_a_protocol_error() -> None:
+    """A server that answers with a protocol header (no 0-9-1) gives a clear ProtocolError."""
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.reader.readexactly(8)
+        conn.send(b"AMQP\x00\x01\x00\x00")
+        await conn.wait_closed()
+
+    async with FakeBroker(script) as broker:
+        with pytest.raises(hutch.ProtocolError, match="does not speak AMQP 0-9-1"):
+            await connect(broker.url())
+
+
+async def test_repr_of_connection_masks_the_password() -> None:
+    """repr(connection) and connection.url show the broker but not the password."""
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.handshake()
+        await serve(conn)
+
+    async with FakeBroker(script) as broker, await connect(broker.url(password=SECRET)) as conn:
+        assert SECRET not in repr(conn)
+        assert SECRET not in conn.url
+        assert f":{broker.port}/" in conn.url
+
+
+# -- heartbeats -----------------------------------------------------------------------------
+
+
+async def test_client_sends_heartbeats_when_idle() -> None:
+    """With heartbeat 1 s an idle client sends heartbeat frames on its own."""
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.handshake(heartbeat=1)
+        await serve(conn)
+
+    async with FakeBroker(script) as broker, await connect(broker.url("heartbeat=1")):
+        conn = broker.connections[0]
+        await asyncio.wait_for(conn.heartbeat_event.wait(), 3)
+        assert conn.heartbeats >= 1
+
+
+async def test_silent_peer_is_declared_dead_within_two_intervals() -> None:
+    """A broker that goes silent is detected within 2 heartbeat intervals: waiters get
+    ConnectionLost and the close callback runs."""
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.handshake(heartbeat=2)
+        await conn.open_channel()
+        await conn.expect(spec.Queue.Declare)
+        await conn.wait_closed(timeout=30)  # read, never answer, never send a heartbeat
+
+    async with FakeBroker(script) as broker:
+        connection = await connect(broker.url("heartbeat=2"))
+        closed: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        connection.add_close_callback(lambda _conn, error: closed.set_result(error))
+        channel = await connection.channel()
+        silent_since = time.monotonic()
+        with pytest.raises(hutch.ConnectionLost, match="heartbeat 2 s"):
+            await channel.queue_declare("q")
+        took = time.monotonic() - silent_since
+        # 2 intervals, plus room for a late event loop on a busy machine.
+        assert took <= 2 * 2 + 0.5, took
+        assert took >= 2, took
+        assert isinstance(await asyncio.wait_for(closed, 5), hutch.ConnectionLost)
+        assert connection.is_closed
+        await connection.close()
+
+
+async def test_peer_sending_only_heartbeats_is_not_declared_dead() -> None:
+    """A broker that says nothing but heartbeats keeps the connection open past 2 intervals."""
+    sent = asyncio.Event()
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.handshake(heartbeat=1)
+        for _ in range(6):  # 3 s of heartbeats every 0.5 s: three intervals
+            await asyncio.sleep(0.5)
+            conn.send(raw_frame(8, 0, b""))
+        sent.set()
+        await serve(conn)
+
+    async with FakeBroker(script) as broker, await connect(broker.url("heartbeat=1")) as conn:
+        await asyncio.wait_for(sent.wait(), 10)
+        assert conn.state is hutch.ConnectionState.CONNECTED
+        channel = await conn.channel()
+        await channel.queue_declare("still-alive")
+
+
+# -- blocking -------------------------------------------------------------------------------
+
+
+async def test_publish_waits_while_the_broker_blocks_the_connection() -> None:
+    """After connection.blocked no publish is written until connection.unblocked."""
+    checked = asyncio.Event()
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.handshake()
+        await conn.open_channel()
+        conn.send_method(0, spec.Connection.Blocked(reason="low on memory"))
+        with pytest.raises(TimeoutError):
+            await conn.read_frame(timeout=0.5)  # nothing may arrive while blocked
+        checked.set()
+        conn.send_method(0, spec.Connection.Unblocked())
+        _, _, body = await conn.read_publish()
+        assert body == b"after"
+        conn.send_method(1, spec.Basic.Ack(delivery_tag=1))
+        await serve(conn)
+
+    async with (
+        FakeBroker(script) as broker,
+        await connect(broker.url()) as connection,
+        LogWatch("blocked publishing") as blocked_seen,
+    ):
+        channel = await connection.channel()
+        await blocked_seen.wait()
+        with pytest.raises(hutch.HutchTimeoutError, match="blocked this connection"):
+            await channel.publish(b"never", "q", timeout=0.2)
+        await asyncio.wait_for(checked.wait(), 5)
+        await asyncio.wait_for(channel.publish(b"after", "q"), 5)
+
+
+# -- closing --------------------------------------------------------------------------------
+
+
+async def test_close_sends_the_reason_and_runs_close_callbacks() -> None:
+    """close(reason) sends connection.close 200 with the reason; the callback gets None."""
+    got: list[spec.Connection.Close] = []
+
+    async def hook(conn: FakeConnection, channel: int, method: object) -> bool:
+        if isinstance(method, spec.Connection.Close):
+            got.append(method)
+        return False
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.handshake()
+        await serve(conn, hook)
+
+    async with FakeBroker(script) as broker:
+        connection = await connect(broker.url())
+        errors: list[BaseException | None] = []
+        connection.add_close_callback(lambda _c, error: errors.append(error))
+        channel = await connection.channel()
+        await connection.close("shutting down for maintenance")
+        assert [(m.reply_code, m.reply_text) for m in got] == [
+            (200, "shutting down for maintenance")
+        ]
+        assert connection.is_closed
+        assert channel.is_closed
+        assert errors == [None]
+        with pytest.raises(hutch.ConnectionClosed):
+            await connection.channel()
+        with pytest.raises(hutch.ConnectionClosed):
+            await channel.queue_declare("q")
+        await connection.close()  # idempotent
+
+
+async def test_async_with_closes_the_connection() -> None:
+    """Leaving ``async with connection`` closes it."""
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.handshake()
+        await serve(conn)
+
+    async with FakeBroker(script) as broker:
+        async with await connect(broker.url()) as connection:
+            assert connection.is_connected
+        assert connection.is_closed
+
+
+async def test_broker_closing_the_connection_fails_waiters_with_its_code() -> None:
+    """connection.close from the broker is answered, and waiters get ConnectionLost with the
+    broker's reply code and text."""
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.handshake()
+        await conn.open_channel()
+        await conn.expect(spec.Queue.Declare)
+        conn.send_method(
+            0,
+            spec.Connection.Close(
+                reply_code=320, reply_text="CONNECTION_FORCED - bye", class_id=0, method_id=0
+            ),
+        )
+        await conn.expect(spec.Connection.CloseOk)
+
+    async with FakeBroker(script) as broker:
+        connection = await connect(broker.url())
+        channel = await connection.channel()
+        with pytest.raises(hutch.ConnectionLost, match="320 CONNECTION_FORCED") as caught:
+            await channel.queue_declare("q")
+        assert caught.value.reply_code == 320
+        assert connection.is_closed
+        await connection.close()
+
+
+async def test_lost_connection_fails_every_waiter() -> None:
+    """A publish awaiting its confirm, a declare and a get all raise ConnectionLost (a
+    ConnectionError) when the socket drops; nothing waits forever."""
+    seen = asyncio.Event()
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.handshake()
+        await conn.open_channel()
+        await conn.open_channel()
+        await conn.read_publish()
+        await conn.expect(spec.Queue.Declare)
+        await conn.expect(spec.Basic.Get)
+        seen.set()
+        conn.hang_up()
+
+    async with FakeBroker(script) as broker:
+        connection = await connect(broker.url())
+        publisher = await connection.channel()
+        other = await connection.channel()
+        publish = asyncio.ensure_future(publisher.publish(b"x", "q"))
+        await asyncio.sleep(0)
+        declare = asyncio.ensure_future(other.queue_declare("q"))
+        await asyncio.sleep(0)
+        get = asyncio.ensure_future(other.get("q"))
+        await asyncio.wait_for(seen.wait(), 5)
+        done, pending = await asyncio.wait([publish, declare, get], timeout=5)
+        assert not pending
+        for task in done:
+            assert isinstance(task.exception(), hutch.ConnectionLost)
+            assert isinstance(task.exception(), ConnectionError)
+        assert connection.is_closed
+        assert publisher.is_closed
+        assert other.is_closed
+        await connection.close()
+
+
+async def test_close_from_a_consumer_callback_does_not_deadlock() -> None:
+    """A consumer callback may close the connection; close returns and the callback finishes."""
+    finished = asyncio.Event()
+
+    async def hook(conn: FakeConnection, channel: int, method: object) -> bool:
+        if isinstance(method, spec.Basic.Consume):
+            conn.send_method(channel, spec.Basic.ConsumeOk(consumer_tag=method.consumer_tag))
+            conn.send_method(
+                channel,
+                spec.Basic.Deliver(
+                    consumer_tag=method.consumer_tag, delivery_tag=1, routing_key="q"
+                ),
+            )
+            conn.send(content_frames(channel, b"stop"))
+            return True
+        return False
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.handshake()
+        await serve(conn, hook)
+
+    async with FakeBroker(script) as broker:
+        connection = await connect(broker.url())
+        channel = await connection.channel()
+
+        async def on_message(message: hutch.IncomingMessage) -> None:
+            await message.ack()
+            await connection.close()
+            finished.set()
+
+        await channel.consume("q", on_message)
+        await asyncio.wait_for(finished.wait(), 5)
+        assert connection.is_closed
+
+
+# -- malformed input ------------------------------------------------------------------------
+
+
+MALFORMED = {
+    "truncated frame then close": (
+        method_frame(1, spec.Queue.DeclareOk(queue="q", message_count=0, consumer_count=0))[:9],
+        "in the middle of a frame",
+    ),
+    "wrong frame end byte": (
+        raw_frame(
+            1,
+            1,
+            method_frame(1, spec.Queue.DeclareOk(queue="q", message_count=0, consumer_count=0))[
+                7:-1
+            ],
+            end=0xAB,
+        ),
+        "does not end with 0xCE",
+    ),
+    "oversize frame": (
+        raw_frame(3, 1, b"x" * 5000),
+        "frame of 5000 bytes",
+    ),
+    "unknown method id": (
+        raw_frame(1, 1, b"\x00\x99\x00\x99"),
+        "unknown AMQP method",
+    ),
+    "unknown method on channel 0": (
+        raw_frame(1, 0, b"\x00\x0a\x00\x63"),
+        "unknown AMQP method",
+    ),
+    "method frame too short": (
+        raw_frame(1, 1, b"\x00\x32"),
+        "too short",
+    ),
+    "unknown frame type": (
+        raw_frame(7, 1, b"abc"),
+        "unknown type 7",
+    ),
+    "body longer than announced": (
+        method_frame(1, spec.Basic.Deliver(consumer_tag="c", delivery_tag=1, routing_key="q"))
+        + content_frames(1, b"abc")[: -(3 + 8)]
+        + raw_frame(3, 1, b"abcdef"),
+        "longer message body",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+async def test_malformed_input_closes_the_connection_with_a_protocol_error(case: str) -> None:
+    """Bytes that are not valid AMQP close the connection; waiters and the close callback get
+    a ProtocolError saying what was wrong."""
+    data, words = MALFORMED[case]
+
+    async def hook(conn: FakeConnection, channel: int, method: object) -> bool:
+        if isinstance(method, spec.Queue.Declare):
+            conn.send(data)
+            if case == "truncated frame then close":
+                await conn.writer.drain()
+                conn.writer.close()
+            return True
+        return False
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.handshake(frame_max=4096)
+        await serve(conn, hook)
+
+    async with FakeBroker(script) as broker:
+        connection = await connect(broker.url())
+        closed: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        connection.add_close_callback(lambda _conn, error: closed.set_result(error))
+        channel = await connection.channel()
+        await channel.consume("q", lambda message: None, consumer_tag="c")
+        with pytest.raises(hutch.ProtocolError, match=words):
+            await asyncio.wait_for(channel.queue_declare("q"), 5)
+        assert isinstance(await asyncio.wait_for(closed, 5), hutch.ProtocolError)
+        assert connection.is_closed
+        await connection.close()
+
+
+async def test_robust_connection_reconnects_after_malformed_input() -> None:
+    """A robust connection treats a protocol error as a lost connection and reconnects."""
+
+    async def hook(conn: FakeConnection, channel: int, method: object) -> bool:
+        if isinstance(method, spec.Queue.Declare) and method.queue == "bad":
+            conn.send(raw_frame(9, 1, b""))
+            return True
+        return False
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.handshake()
+        await serve(conn, hook)
+
+    async with (
+        FakeBroker(script) as broker,
+        await connect_robust(broker.url(), reconnect_delay=0.01) as connection,
+    ):
+        channel = await connection.channel()
+        with pytest.raises(hutch.ProtocolError):
+            await channel.queue_declare("bad")
+        info = await asyncio.wait_for(channel.queue_declare("good"), 5)
+        assert info.queue == "good"
+        assert len(broker.connections) == 2
