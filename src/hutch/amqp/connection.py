@@ -443,8 +443,9 @@ class Connection:
     async def _reconnect(self) -> None:
         """Reconnect until it works or the connection is closed, then restore the channels."""
         # Exclusive queues and consumers of the old connection stay locked until the broker
-        # notices it is gone: at once if the socket closed, else after two of its heartbeats.
-        locked_until = time.monotonic() + max(_LOCK_WAIT_MIN, 2.5 * self.heartbeat)
+        # notices it is gone: at once if the socket closed, else after two missed heartbeats.
+        # Its check runs on a timer, so allow three intervals (seen: still locked at 2.4 of them).
+        locked_until = time.monotonic() + max(_LOCK_WAIT_MIN, 3 * self.heartbeat + 5)
         if len(self._endpoints) > 1:
             # The broker we lost may be the one that went away: start with the next one.
             self._endpoint_index = (self._endpoint_index + 1) % len(self._endpoints)
