@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import enum
 import logging
+from collections.abc import Awaitable, Generator
 from typing import TYPE_CHECKING, Any
 
 from pamqp import decode as _pamqp_decode
@@ -193,20 +194,49 @@ class IncomingMessage(Message):
             )
         self._settled = True
 
-    async def ack(self, *, multiple: bool = False) -> None:
-        """Acknowledge: the broker forgets the message."""
-        self._take("ack")
-        self.channel._settle(self, 0, multiple, False)
+    # ack/nack/reject settle at once and return an awaitable that is already done, so that
+    # ``await message.ack()`` works in async callbacks and a plain ``def`` callback can call
+    # ``message.ack()`` without a task or a never-awaited coroutine.
 
-    async def nack(self, *, requeue: bool = True, multiple: bool = False) -> None:
+    def ack(self, *, multiple: bool = False) -> Awaitable[None]:
+        """Acknowledge: the broker forgets the message (settled at once; awaiting is optional).
+
+        Raises:
+            MessageAlreadySettled: it was acked, nacked or rejected before (or ``no_ack``).
+        """
+        if self._settled:
+            self._take("ack")  # raises
+        self._settled = True
+        self.channel._settle(self, 0, multiple, False)
+        return _DONE
+
+    def nack(self, *, requeue: bool = True, multiple: bool = False) -> Awaitable[None]:
         """Negative-acknowledge: requeue it, or dead-letter/drop it with ``requeue=False``."""
         self._take("nack")
         self.channel._settle(self, 1, multiple, requeue)
+        return _DONE
 
-    async def reject(self, *, requeue: bool = True) -> None:
+    def reject(self, *, requeue: bool = True) -> Awaitable[None]:
         """Reject one delivery: requeue it, or dead-letter/drop it with ``requeue=False``."""
         self._take("reject")
         self.channel._settle(self, 2, False, requeue)
+        return _DONE
+
+
+class _Done:
+    """An awaitable that is already complete (what ``ack``/``nack``/``reject`` return)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[None, None, None]:
+        return
+        yield  # a generator that finishes at once
+
+    def __repr__(self) -> str:
+        return "<settled>"
+
+
+_DONE = _Done()
 
 
 def make_incoming(

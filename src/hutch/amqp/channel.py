@@ -13,11 +13,14 @@ unless the consumer callback is a coroutine function.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import logging
 import os
 import time
+import types
 from collections import deque
+from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from pamqp import commands as spec
@@ -37,7 +40,7 @@ from hutch.exceptions import (
     Unroutable,
     channel_error,
 )
-from hutch.message import IncomingMessage, Message, make_incoming
+from hutch.message import _DONE, IncomingMessage, Message, make_incoming
 
 if TYPE_CHECKING:
     from hutch.amqp.connection import Connection
@@ -46,10 +49,25 @@ if TYPE_CHECKING:
 log = logging.getLogger("hutch")
 
 
-_encode_publish = frames.encode_publish
+_encode_content = frames.encode_content
 _DELIVER, _GET, _RETURN = 1, 2, 3
 _tag_counter = itertools.count(1)
 _TAG_PREFIX = f"hutch.{os.getpid()}.{os.urandom(3).hex()}"
+
+
+_CoroutineType = types.CoroutineType
+
+
+def _as_message(message: object, what: str) -> Message:
+    if isinstance(message, Message):
+        return message
+    if isinstance(message, (bytes, bytearray, memoryview)):
+        return Message(bytes(message))
+    raise TypeError(f"{what}() takes a hutch.Message or bytes, not {message.__class__.__name__}")
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
 
 
 class _Consumer:
@@ -104,7 +122,12 @@ class Channel:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._return_listeners: list[ReturnListener] = []
         self._close_listeners: list[CloseListener] = []
-        self._shortstrs: dict[str, bytes] = {}
+        self._publish_frames: dict[tuple[str, str, bool], bytes] = {}
+        # consumer acks, coalesced (see _settle)
+        self._ack_epoch = 0
+        self._ack_floor = 0
+        self._ack_pending = 0
+        self._ack_ahead: set[int] | None = set()
 
     def __repr__(self) -> str:
         return f"<hutch.Channel {self.number} {self._state.value}>"
@@ -429,6 +452,8 @@ class Channel:
     ) -> None:
         self._content_kind = kind
         self._content_target = target
+        if settled and delivery_tag:
+            self._note_settled(delivery_tag)  # basic.get with no_ack
         self._content_msg = make_incoming(
             self,
             self._epoch,
@@ -450,6 +475,8 @@ class Channel:
     ) -> None:
         consumer = self._consumers.get(consumer_tag)
         no_ack = consumer.method.no_ack if consumer is not None else False
+        if no_ack:
+            self._note_settled(delivery_tag)
         self._content_kind = _DELIVER
         self._content_target = consumer
         self._content_msg = make_incoming(
@@ -498,28 +525,44 @@ class Channel:
             self._body_parts = []
         self._content_done(message)
 
+    def _on_delivery(
+        self,
+        fields: tuple[str, int, bool, str, str],
+        data: bytes,
+        start: int,
+        end: int,
+        body: bytes,
+    ) -> None:
+        """A whole delivery in one call: ``basic.deliver`` (its decoded ``fields``), its
+        content header (``data[start:end]``) and its body, when they arrived in one read (the
+        usual case)."""
+        consumer_tag, delivery_tag, redelivered, exchange, routing_key = fields
+        consumer = self._consumers.get(consumer_tag)
+        no_ack = consumer.method.no_ack if consumer is not None else False
+        if no_ack:
+            self._note_settled(delivery_tag)
+        message = make_incoming(
+            self,
+            self._epoch,
+            delivery_tag,
+            redelivered,
+            exchange,
+            routing_key,
+            consumer_tag,
+            no_ack,
+        )
+        frames.decode_header(data, start, end, message)
+        message.body = body
+        self._content_msg = None
+        self._dispatch(message, consumer)
+
     def _content_done(self, message: IncomingMessage) -> None:
         self._content_msg = None
         kind = self._content_kind
         target = self._content_target
         self._content_target = None
         if kind == _DELIVER:
-            if target is None:
-                # A delivery to a consumer we cancelled: hand it back to the queue.
-                if not message._settled and self._link is not None:
-                    self._link.write(
-                        frames.encode_nack(self.number, message.delivery_tag, False, True)
-                    )
-                return
-            try:
-                result = target.callback(message)
-            except Exception:
-                log.exception("consumer callback for queue %r raised", target.method.queue)
-                return
-            if result is not None:
-                task = self._loop.create_task(result)
-                self._tasks.add(task)
-                task.add_done_callback(self._task_done)
+            self._dispatch(message, target)
         elif kind == _GET:
             future, count = target
             message.message_count = count
@@ -528,10 +571,41 @@ class Channel:
         else:
             self._on_return(message, *target)
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("consumer callback raised", exc_info=task.exception())
+    def _dispatch(self, message: IncomingMessage, consumer: _Consumer | None) -> None:
+        """Hand a delivery to its consumer's callback."""
+        if consumer is None:
+            # A delivery to a consumer we cancelled: hand it back to the queue.
+            if not message._settled and self._link is not None:
+                message._settled = True
+                self._link.write(frames.encode_nack(self.number, message.delivery_tag, False, True))
+                self._note_settled(message.delivery_tag)
+            return
+        try:
+            result = consumer.callback(message)
+        except Exception:
+            log.exception("consumer callback for queue %r raised", consumer.method.queue)
+            return
+        if result is not None:
+            self._run_callback(result)
+
+    def _run_callback(self, result: Any) -> None:
+        """Run what a consumer callback returned: a coroutine becomes a task the channel owns
+        until it ends; an awaitable that is already done (``message.ack()``) is dropped."""
+        if result.__class__ is not _CoroutineType:
+            if result is _DONE or not inspect.isawaitable(result):
+                return
+            result = _await(result)
+        task = self._loop.create_task(self._guard(result))
+        self._tasks.add(task)
+
+    async def _guard(self, coro: Coroutine[Any, Any, Any]) -> None:
+        # One coroutine frame instead of a done callback: no extra loop callback per delivery.
+        try:
+            await coro
+        except Exception:
+            log.exception("consumer callback raised")
+        finally:
+            self._tasks.discard(asyncio.current_task())
 
     def _on_return(self, message: IncomingMessage, reply_code: int, reply_text: str) -> None:
         error = Unroutable(message.exchange, message.routing_key, reply_code, reply_text, message)
@@ -556,10 +630,20 @@ class Channel:
     def _on_confirm(self, tag: int, bits: int, nack: bool) -> None:
         unconfirmed = self._unconfirmed
         if bits & 1:
+            # One pass over every tag the confirm covers; plain acks of unreturned messages
+            # (nearly all of them) are resolved inline.
+            pop = unconfirmed.pop
+            special = nack or self._mandatory
             for number in range(self._floor + 1, tag + 1):
-                future = unconfirmed.pop(number, None)
-                if future is not None:
+                future = pop(number, None)
+                if future is None:
+                    continue
+                if special:
                     self._resolve(number, future, nack)
+                elif not future.done():
+                    future.set_result(None)
+            if tag > self._floor:
+                self._floor = tag
         else:
             future = unconfirmed.pop(tag, None)
             if future is not None:
@@ -749,14 +833,22 @@ class Channel:
 
     # -- publishing -------------------------------------------------------------------------
 
-    def _shortstr(self, value: str, what: str) -> bytes:
-        encoded = self._shortstrs.get(value)
-        if encoded is None:
-            encoded = frames.shortstr(value, what)
-            if len(self._shortstrs) > 4096:
-                self._shortstrs.clear()
-            self._shortstrs[value] = encoded
-        return encoded
+    def _method_frame(self, exchange: str, routing_key: str, mandatory: bool) -> bytes:
+        """The encoded ``basic.publish`` frame for a destination, cached: most programs publish
+        to a handful of them."""
+        key = (exchange, routing_key, mandatory)
+        frame = self._publish_frames.get(key)
+        if frame is None:
+            frame = frames.encode_publish_method(
+                self.number,
+                frames.shortstr(exchange, "exchange name"),
+                frames.shortstr(routing_key, "routing key"),
+                mandatory,
+            )
+            if len(self._publish_frames) >= 4096:
+                self._publish_frames.clear()
+            self._publish_frames[key] = frame
+        return frame
 
     async def publish(
         self,
@@ -778,25 +870,15 @@ class Channel:
             HutchTimeoutError: no confirm within ``timeout`` seconds.
         """
         if message.__class__ is not Message:
-            if isinstance(message, Message):
-                pass
-            elif isinstance(message, (bytes, bytearray, memoryview)):
-                message = Message(bytes(message))
-            else:
-                raise TypeError(
-                    f"publish() takes a hutch.Message or bytes, not {message.__class__.__name__}"
-                )
+            message = _as_message(message, "publish")
         link = self._link
         if link is None or not link.writable or self._state is not ChannelState.OPEN:
             link = await self._ready()
             if not link.writable:
                 await self._wait_writable(link, timeout)
-        assert isinstance(message, Message)
-        data = _encode_publish(
+        data = _encode_content(
+            self._method_frame(exchange, routing_key, mandatory),
             self.number,
-            self._shortstr(exchange, "exchange name"),
-            self._shortstr(routing_key, "routing key"),
-            mandatory,
             message,
             self._connection._frame_max,
         )
@@ -836,22 +918,16 @@ class Channel:
         The bytes are written in this call when the channel is open and writable; otherwise
         (reconnecting, blocked) the publish happens as soon as it can, as ``publish`` would.
         """
+        if message.__class__ is not Message:
+            message = _as_message(message, "publish_nowait")
         link = self._link
-        if (
-            link is None
-            or not link.writable
-            or self._state is not ChannelState.OPEN
-            or message.__class__ is not Message
-        ):
+        if link is None or not link.writable or self._state is not ChannelState.OPEN:
             return asyncio.ensure_future(
                 self.publish(message, routing_key, exchange=exchange, mandatory=mandatory)
             )
-        assert isinstance(message, Message)
-        data = _encode_publish(
+        data = _encode_content(
+            self._method_frame(exchange, routing_key, mandatory),
             self.number,
-            self._shortstr(exchange, "exchange name"),
-            self._shortstr(routing_key, "routing key"),
-            mandatory,
             message,
             self._connection._frame_max,
         )
@@ -905,9 +981,14 @@ class Channel:
         method = spec.Basic.Consume(
             queue=queue, consumer_tag=tag, no_ack=no_ack, exclusive=exclusive, arguments=arguments
         )
+        # Recorded only once the channel is open: a restore in progress would otherwise replay
+        # this consume and the broker would refuse the second one (reused consumer tag).
+        link = await self._ready()
+        if tag in self._consumers:
+            raise ValueError(f"consumer tag {tag!r} is already in use on this channel")
         self._consumers[tag] = _Consumer(method, callback)
         try:
-            await self._rpc(method)
+            await self._call_on(link, method)
         except BaseException:
             self._consumers.pop(tag, None)
             raise
@@ -930,6 +1011,14 @@ class Channel:
         return result
 
     def _settle(self, message: IncomingMessage, kind: int, multiple: bool, requeue: bool) -> None:
+        """Send the ack (kind 0), nack (1) or reject (2) of ``message``.
+
+        Acks are coalesced: while every delivery below a tag has been settled, its ack is held
+        until the link flushes (the end of this event-loop iteration) and sent as one
+        ``basic.ack`` with ``multiple=True`` covering all of them, so the broker processes one
+        frame per batch instead of one per message. Every other settlement, and any frame this
+        link writes meanwhile, sends the held ack first.
+        """
         link = self._link
         if message._epoch != self._epoch or link is None or self._state is ChannelState.CLOSED:
             log.warning(
@@ -939,12 +1028,75 @@ class Channel:
                 self.number,
             )
             return
+        tag = message.delivery_tag
+        if self._ack_epoch != self._epoch:
+            self._reset_acks()
+        if kind == 0 and not multiple and tag == self._ack_floor + 1:
+            self._ack_floor = tag
+            if self._ack_ahead:
+                self._advance_ack_floor()
+            if not self._ack_pending:
+                link.hold(self)
+            self._ack_pending = tag
+            return
         if kind == 0:
-            link.write(frames.encode_ack(self.number, message.delivery_tag, multiple))
+            link.write(frames.encode_ack(self.number, tag, multiple))
         elif kind == 1:
-            link.write(frames.encode_nack(self.number, message.delivery_tag, multiple, requeue))
+            link.write(frames.encode_nack(self.number, tag, multiple, requeue))
         else:
-            link.write(frames.encode_reject(self.number, message.delivery_tag, requeue))
+            link.write(frames.encode_reject(self.number, tag, requeue))
+        if multiple:
+            if tag > self._ack_floor:
+                self._ack_floor = tag
+            self._advance_ack_floor()
+        else:
+            self._note_settled(tag)
+
+    def _take_held_ack(self) -> bytes:
+        """The held ack as a frame (the link calls this when it flushes)."""
+        tag, self._ack_pending = self._ack_pending, 0
+        if not tag or self._ack_epoch != self._epoch:
+            return b""
+        return frames.encode_ack(self.number, tag, True)
+
+    def _note_settled(self, tag: int) -> None:
+        """Delivery ``tag`` needs no ack from us any more (settled, or consumed with no_ack)."""
+        if self._ack_epoch != self._epoch:
+            self._reset_acks()
+        floor = self._ack_floor
+        if tag == floor + 1:
+            self._ack_floor = tag
+            if self._ack_ahead:
+                self._advance_ack_floor()
+        elif tag > floor:
+            ahead = self._ack_ahead
+            if ahead is None:
+                return
+            ahead.add(tag)
+            if len(ahead) > 100_000:
+                # One delivery held unsettled for very long: stop tracking (and coalescing)
+                # until the channel reopens rather than hold a set that keeps growing.
+                self._ack_ahead = None
+                self._ack_floor = -1
+
+    def _advance_ack_floor(self) -> None:
+        ahead = self._ack_ahead
+        if ahead is None:
+            return
+        floor = self._ack_floor
+        while floor + 1 in ahead:
+            floor += 1
+            ahead.discard(floor)
+        if ahead and min(ahead) <= floor:
+            ahead.difference_update([t for t in ahead if t <= floor])
+        self._ack_floor = floor
+
+    def _reset_acks(self) -> None:
+        # Delivery tags start again at 1 on a reopened channel.
+        self._ack_epoch = self._epoch
+        self._ack_floor = 0
+        self._ack_pending = 0
+        self._ack_ahead = set()
 
     async def ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
         """Acknowledge by delivery tag (``message.ack()`` also guards against stale tags)."""

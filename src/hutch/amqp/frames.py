@@ -48,12 +48,15 @@ FRAME_HEAD = struct.Struct(">BHI")
 _METHOD_ID = struct.Struct(">I")
 _CONTENT_HEAD = struct.Struct(">HHQH")
 _CONTENT_START = struct.Struct(">HHQ")
+_HEADER_HEAD = struct.Struct(">BHIHHQ")  # frame head + class, weight, body size
+_END_BODY_HEAD = struct.Struct(">BBHI")  # end of the header frame + body frame head
 _ACK = struct.Struct(">BHIHHQB")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _TAG_BITS = struct.Struct(">QB")
 
+_OCTETS = [bytes((i,)) for i in range(256)]
 _PUBLISH_PREFIX = b"\x00\x3c\x00\x28\x00\x00"  # class 60, method 40, reserved-1
 _UTC = datetime.UTC
 _from_timestamp = datetime.datetime.fromtimestamp
@@ -95,20 +98,42 @@ def expiration_text(seconds: float) -> str:
     return str(round(seconds * 1000))
 
 
+def _text_bytes(value: object, what: str) -> bytes:
+    if isinstance(value, str):
+        return value.encode()
+    raise TypeError(f"{what} must be a str, not {value.__class__.__name__}")
+
+
+def _too_long(data: bytes, what: str) -> None:
+    raise ValueError(f"{what} is {len(data)} bytes long; AMQP allows at most 255")
+
+
 def encode_properties(message: Message) -> bytes:
     """Encode the property flags and values of a content header (pamqp's rules: ``None`` and
-    ``""`` are left out)."""
+    ``""`` are left out).
+
+    Straight-line code, one block per property: this runs for every published message.
+    """
     flags = 0
     parts: list[bytes] = []
     append = parts.append
-    value: Any = message.content_type
+    value: Any
+    value = message.content_type
     if value:
+        data = value.encode() if value.__class__ is str else _text_bytes(value, "content_type")
+        if len(data) > 255:
+            _too_long(data, "content_type")
         flags |= 0x8000
-        append(shortstr(value, "content_type"))
+        append(_OCTETS[len(data)])
+        append(data)
     value = message.content_encoding
     if value:
+        data = value.encode() if value.__class__ is str else _text_bytes(value, "content_encoding")
+        if len(data) > 255:
+            _too_long(data, "content_encoding")
         flags |= 0x4000
-        append(shortstr(value, "content_encoding"))
+        append(_OCTETS[len(data)])
+        append(data)
     if message._raw_headers is not None:
         flags |= 0x2000
         append(message._raw_headers)
@@ -125,46 +150,119 @@ def encode_properties(message: Message) -> bytes:
                 f"delivery_mode must be 1 (transient) or 2 (persistent), not {value!r}"
             )
         flags |= 0x1000
-        append(bytes((value,)))
+        append(_OCTETS[value])
     value = message.priority
     if value is not None:
-        if not 0 <= value <= 255:
-            raise ValueError(f"priority must be between 0 and 255, not {value!r}")
+        if not isinstance(value, int) or not 0 <= value <= 255:
+            raise ValueError(f"priority must be an int between 0 and 255, not {value!r}")
         flags |= 0x0800
-        append(bytes((value,)))
+        append(_OCTETS[value])
     value = message.correlation_id
     if value:
+        data = value.encode() if value.__class__ is str else _text_bytes(value, "correlation_id")
+        if len(data) > 255:
+            _too_long(data, "correlation_id")
         flags |= 0x0400
-        append(shortstr(value, "correlation_id"))
+        append(_OCTETS[len(data)])
+        append(data)
     value = message.reply_to
     if value:
+        data = value.encode() if value.__class__ is str else _text_bytes(value, "reply_to")
+        if len(data) > 255:
+            _too_long(data, "reply_to")
         flags |= 0x0200
-        append(shortstr(value, "reply_to"))
+        append(_OCTETS[len(data)])
+        append(data)
     value = message.expiration
     if value is not None:
         flags |= 0x0100
-        append(shortstr(expiration_text(value)))
+        append(shortstr(expiration_text(value), "expiration"))
     value = message.message_id
     if value:
+        data = value.encode() if value.__class__ is str else _text_bytes(value, "message_id")
+        if len(data) > 255:
+            _too_long(data, "message_id")
         flags |= 0x0080
-        append(shortstr(value, "message_id"))
+        append(_OCTETS[len(data)])
+        append(data)
     value = message.timestamp
     if value is not None:
         flags |= 0x0040
         append(_timestamp_seconds(value))
     value = message.type
     if value:
+        data = value.encode() if value.__class__ is str else _text_bytes(value, "type")
+        if len(data) > 255:
+            _too_long(data, "type")
         flags |= 0x0020
-        append(shortstr(value, "type"))
+        append(_OCTETS[len(data)])
+        append(data)
     value = message.user_id
     if value:
+        data = value.encode() if value.__class__ is str else _text_bytes(value, "user_id")
+        if len(data) > 255:
+            _too_long(data, "user_id")
         flags |= 0x0010
-        append(shortstr(value, "user_id"))
+        append(_OCTETS[len(data)])
+        append(data)
     value = message.app_id
     if value:
+        data = value.encode() if value.__class__ is str else _text_bytes(value, "app_id")
+        if len(data) > 255:
+            _too_long(data, "app_id")
         flags |= 0x0008
-        append(shortstr(value, "app_id"))
+        append(_OCTETS[len(data)])
+        append(data)
     return _U16.pack(flags) + b"".join(parts)
+
+
+def encode_publish_method(
+    channel: int, exchange: bytes, routing_key: bytes, mandatory: bool
+) -> bytes:
+    """The whole ``basic.publish`` method frame; ``exchange`` and ``routing_key`` are encoded
+    short strings (length byte included). Channels cache it per destination."""
+    payload = b"".join((_PUBLISH_PREFIX, exchange, routing_key, b"\x01" if mandatory else b"\x00"))
+    return FRAME_HEAD.pack(FRAME_METHOD, channel, len(payload)) + payload + b"\xce"
+
+
+def encode_content(method: bytes, channel: int, message: Message, frame_max: int) -> bytes:
+    """``method`` (an encoded ``basic.publish`` frame) followed by ``message``'s content header
+    and body frames (the body split to fit ``frame_max``), as one block of bytes.
+
+    Raises:
+        ValueError: a property AMQP cannot carry, or properties too large for one frame.
+        TypeError: headers that cannot be encoded as an AMQP table.
+    """
+    body = message.body
+    size = len(body)
+    properties = encode_properties(message)
+    header_size = 12 + len(properties)
+    if frame_max and header_size + FRAME_OVERHEAD > frame_max:
+        raise ValueError(
+            f"the message properties take {header_size} bytes, more than fit in one frame "
+            f"(the broker's frame_max is {frame_max}); make the headers smaller"
+        )
+    head = _HEADER_HEAD.pack(FRAME_HEADER, channel, header_size, 60, 0, size)
+    if not size:
+        return b"".join((method, head, properties, b"\xce"))
+    chunk_size = frame_max - FRAME_OVERHEAD if frame_max else size
+    if size <= chunk_size:
+        return b"".join(
+            (
+                method,
+                head,
+                properties,
+                _END_BODY_HEAD.pack(FRAME_END, FRAME_BODY, channel, size),
+                body,
+                b"\xce",
+            )
+        )
+    parts = [method, head, properties, b"\xce"]
+    pack = FRAME_HEAD.pack
+    for start in range(0, size, chunk_size):
+        chunk = body[start : start + chunk_size]
+        parts += (pack(FRAME_BODY, channel, len(chunk)), chunk, b"\xce")
+    return b"".join(parts)
 
 
 def encode_publish(
@@ -177,36 +275,10 @@ def encode_publish(
 ) -> bytes:
     """Encode ``basic.publish``, its content header and body frames as one block of bytes.
 
-    ``exchange`` and ``routing_key`` are already-encoded short strings (length byte included),
-    so callers can cache them.
+    ``exchange`` and ``routing_key`` are already-encoded short strings (length byte included).
     """
-    method = b"".join((_PUBLISH_PREFIX, exchange, routing_key, b"\x01" if mandatory else b"\x00"))
-    body = message.body
-    size = len(body)
-    header = _CONTENT_START.pack(60, 0, size) + encode_properties(message)
-    if frame_max and len(header) + FRAME_OVERHEAD > frame_max:
-        raise ValueError(
-            f"the message properties take {len(header)} bytes, more than fit in one frame "
-            f"(the broker's frame_max is {frame_max}); make the headers smaller"
-        )
-    pack = FRAME_HEAD.pack
-    parts = [
-        pack(FRAME_METHOD, channel, len(method)),
-        method,
-        b"\xce",
-        pack(FRAME_HEADER, channel, len(header)),
-        header,
-        b"\xce",
-    ]
-    if size:
-        chunk_size = frame_max - FRAME_OVERHEAD if frame_max else size
-        if size <= chunk_size:
-            parts += (pack(FRAME_BODY, channel, size), body, b"\xce")
-        else:
-            for start in range(0, size, chunk_size):
-                chunk = body[start : start + chunk_size]
-                parts += (pack(FRAME_BODY, channel, len(chunk)), chunk, b"\xce")
-    return b"".join(parts)
+    method = encode_publish_method(channel, exchange, routing_key, mandatory)
+    return encode_content(method, channel, message, frame_max)
 
 
 def encode_ack(channel: int, delivery_tag: int, multiple: bool) -> bytes:
@@ -248,11 +320,11 @@ def decode_method(payload: bytes) -> Method:
     return method  # type: ignore[no-any-return]
 
 
-def _str(data: bytes, pos: int) -> tuple[str, int]:
-    end = pos + 1 + data[pos]
-    if end > len(data):
-        raise IndexError("short string runs past the end of the frame")
-    return data[pos + 1 : end].decode("utf-8", "replace"), end
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace")
 
 
 def decode_deliver(data: bytes, pos: int, end: int) -> tuple[str, int, bool, str, str]:
@@ -261,20 +333,20 @@ def decode_deliver(data: bytes, pos: int, end: int) -> tuple[str, int, bool, str
     try:
         pos += 4
         size = data[pos]
-        consumer_tag = data[pos + 1 : pos + 1 + size].decode("utf-8", "replace")
+        consumer_tag = _text(data[pos + 1 : pos + 1 + size])
         pos += 1 + size
         delivery_tag, redelivered = _TAG_BITS.unpack_from(data, pos)
         pos += 9
         size = data[pos]
-        exchange = data[pos + 1 : pos + 1 + size].decode("utf-8", "replace")
+        exchange = _text(data[pos + 1 : pos + 1 + size]) if size else ""
         pos += 1 + size
         size = data[pos]
-        routing_key = data[pos + 1 : pos + 1 + size].decode("utf-8", "replace")
+        routing_key = _text(data[pos + 1 : pos + 1 + size])
         if pos + 1 + size > end:
             raise IndexError("basic.deliver runs past the end of its frame")
     except (IndexError, struct.error) as exc:
         raise ProtocolError(f"malformed basic.deliver frame from the broker: {exc}") from exc
-    return consumer_tag, delivery_tag, bool(redelivered & 1), exchange, routing_key
+    return consumer_tag, delivery_tag, redelivered & 1 == 1, exchange, routing_key
 
 
 def decode_confirm(data: bytes, pos: int) -> tuple[int, int]:
@@ -288,19 +360,31 @@ def decode_confirm(data: bytes, pos: int) -> tuple[int, int]:
 
 def decode_header(data: bytes, pos: int, end: int, message: IncomingMessage) -> int:
     """Decode a content header frame's payload (``data[pos:end]``) into ``message``'s
-    properties; return the body size. Headers stay encoded until someone reads them."""
+    properties; return the body size. Headers stay encoded until someone reads them.
+
+    Short strings are sliced inline (no helper call per property): this runs per delivery.
+    A string that runs past the frame is caught by the final bounds check.
+    """
     try:
         _class, _weight, body_size, flags = _CONTENT_HEAD.unpack_from(data, pos)
         pos += 14
+        if not flags:  # no properties: the usual case for plain messages
+            if pos > end:
+                raise IndexError("content header runs past the end of its frame")
+            return int(body_size)
         more = flags & 1
         while more:
             # Continuation flag words name properties AMQP 0-9-1 does not have; skip them.
             more = _U16.unpack_from(data, pos)[0] & 1
             pos += 2
         if flags & 0x8000:
-            message.content_type, pos = _str(data, pos)
+            size = data[pos]
+            pos += 1 + size
+            message.content_type = data[pos - size : pos].decode("utf-8", "replace")
         if flags & 0x4000:
-            message.content_encoding, pos = _str(data, pos)
+            size = data[pos]
+            pos += 1 + size
+            message.content_encoding = data[pos - size : pos].decode("utf-8", "replace")
         if flags & 0x2000:
             size = _U32.unpack_from(data, pos)[0]
             message._raw_headers = data[pos : pos + 4 + size]
@@ -312,17 +396,25 @@ def decode_header(data: bytes, pos: int, end: int, message: IncomingMessage) -> 
             message.priority = data[pos]
             pos += 1
         if flags & 0x0400:
-            message.correlation_id, pos = _str(data, pos)
+            size = data[pos]
+            pos += 1 + size
+            message.correlation_id = data[pos - size : pos].decode("utf-8", "replace")
         if flags & 0x0200:
-            message.reply_to, pos = _str(data, pos)
+            size = data[pos]
+            pos += 1 + size
+            message.reply_to = data[pos - size : pos].decode("utf-8", "replace")
         if flags & 0x0100:
-            text, pos = _str(data, pos)
+            size = data[pos]
+            pos += 1 + size
+            text = data[pos - size : pos].decode("utf-8", "replace")
             try:
                 message.expiration = int(text) / 1000
             except ValueError:
                 message.expiration = None
         if flags & 0x0080:
-            message.message_id, pos = _str(data, pos)
+            size = data[pos]
+            pos += 1 + size
+            message.message_id = data[pos - size : pos].decode("utf-8", "replace")
         if flags & 0x0040:
             stamp = _U64.unpack_from(data, pos)[0]
             if stamp > 0xFFFFFFFF:  # milliseconds, as some clients send
@@ -330,13 +422,19 @@ def decode_header(data: bytes, pos: int, end: int, message: IncomingMessage) -> 
             message.timestamp = _from_timestamp(stamp, _UTC)
             pos += 8
         if flags & 0x0020:
-            message.type, pos = _str(data, pos)
+            size = data[pos]
+            pos += 1 + size
+            message.type = data[pos - size : pos].decode("utf-8", "replace")
         if flags & 0x0010:
-            message.user_id, pos = _str(data, pos)
+            size = data[pos]
+            pos += 1 + size
+            message.user_id = data[pos - size : pos].decode("utf-8", "replace")
         if flags & 0x0008:
-            message.app_id, pos = _str(data, pos)
+            size = data[pos]
+            pos += 1 + size
+            message.app_id = data[pos - size : pos].decode("utf-8", "replace")
         if flags & 0x0004:
-            _cluster, pos = _str(data, pos)
+            pos += 1 + data[pos]
         if pos > end:
             raise IndexError("content header runs past the end of its frame")
     except (IndexError, struct.error, OverflowError, ValueError, OSError) as exc:

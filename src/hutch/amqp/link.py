@@ -25,12 +25,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("hutch")
 
 _unpack_head = frames.FRAME_HEAD.unpack_from
-_method_id = frames.method_id
 _DELIVER = frames.BASIC_DELIVER
 _ACK = frames.BASIC_ACK
+_decode_deliver = frames.decode_deliver
+_unpack_u32 = struct.Struct(">I").unpack_from
+_RECV_SIZE = 256 * 1024  # what asyncio reads at most per recv() by default
+# a content header frame's head and its class, weight and body size
+_unpack_content = struct.Struct(">BHIHHQ").unpack_from
 
 
-class Link(asyncio.Protocol):
+class Link(asyncio.BufferedProtocol):
     """The socket side of a connection. Created by ``loop.create_connection``."""
 
     def __init__(
@@ -50,6 +54,8 @@ class Link(asyncio.Protocol):
         self.closed = self.loop.create_future()
         self._leftover = b""
         self._out: list[bytes] = []
+        self._held: list[Channel] = []  # channels holding a coalesced ack (Channel._settle)
+        self._recv_view = memoryview(bytearray(_RECV_SIZE))
         self._flush_handle: asyncio.Handle | None = None
         self._received = False
         self._sent = False
@@ -76,7 +82,7 @@ class Link(asyncio.Protocol):
                     "bytes of it had arrived): the broker hung up mid-message or the stream "
                     "is corrupt"
                 )
-                log.error("%s", self.error)
+                log.warning("%s", self.error)
             else:
                 reason = f": {exc}" if exc else ""
                 self.error = ConnectionLost(f"the connection to the broker was lost{reason}")
@@ -96,12 +102,21 @@ class Link(asyncio.Protocol):
         self._paused = False
         self._update_writable()
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # The socket reads into one buffer this link keeps, instead of asyncio allocating a
+        # 256 KiB bytes object per read: with glibc that allocation can cost an mmap, mremap
+        # and munmap per read (tens of µs), which dominates a small read's cost.
+        return self._recv_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._recv_view[:nbytes].tobytes())
+
     def data_received(self, data: bytes) -> None:
         self._received = True
         if self._leftover:
             data = self._leftover + data
             self._leftover = b""
-        if data[:4] == b"AMQP":
+        if data.startswith(b"AMQP"):
             self.fail(
                 ProtocolError(
                     "the server answered with an AMQP protocol header: it does not speak "
@@ -142,9 +157,40 @@ class Link(asyncio.Protocol):
                     channel = channels.get(number)
                     if channel is None:
                         continue
-                    mid = _method_id(data, start)
+                    mid = _unpack_u32(data, start)[0]
                     if mid == _DELIVER:
-                        channel._on_deliver(*frames.decode_deliver(data, start, end))
+                        fields = _decode_deliver(data, start, end)
+                        # Usually the content header and a single body frame follow in the
+                        # same read: hand over the whole delivery in one call.
+                        if total - pos >= 19:
+                            kind, head_number, size, _c, _w, body_size = _unpack_content(data, pos)
+                            head_end = pos + 7 + size
+                            body_end = head_end + 8 + body_size
+                            if (
+                                kind == 2
+                                and head_number == number
+                                and size <= frame_max
+                                and body_end < total
+                                and data[head_end] == 0xCE
+                                and data[body_end] == 0xCE
+                            ):
+                                kind, body_number, size = _unpack_head(data, head_end + 1)
+                                if (
+                                    kind == 3
+                                    and body_number == number
+                                    and size == body_size
+                                    and size <= frame_max
+                                ):
+                                    channel._on_delivery(
+                                        fields,
+                                        data,
+                                        pos + 7,
+                                        head_end,
+                                        data[head_end + 8 : body_end],
+                                    )
+                                    pos = body_end + 1
+                                    continue
+                        channel._on_deliver(*fields)
                     elif mid == _ACK:
                         channel._on_confirm(*frames.decode_confirm(data, start), False)
                     else:
@@ -170,12 +216,31 @@ class Link(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         """Queue bytes; they go out together at the end of this event-loop iteration."""
+        if self._held:
+            self._release_held()
         self._out.append(data)
         if self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
 
+    def hold(self, channel: Channel) -> None:
+        """``channel`` holds a coalesced ack: take it when flushing, or before any other
+        frame is queued (so it never goes out after, say, the channel's close)."""
+        self._held.append(channel)
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush)
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, []
+        out = self._out
+        for channel in held:
+            frame = channel._take_held_ack()
+            if frame:
+                out.append(frame)
+
     def _flush(self) -> None:
         self._flush_handle = None
+        if self._held:
+            self._release_held()
         out = self._out
         if not out or self.transport is None:
             out.clear()

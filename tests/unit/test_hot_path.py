@@ -1,0 +1,314 @@
+"""The channel's hot path without a broker: coalesced acks, confirms, callbacks.
+
+A real ``Channel`` sits on a real ``Link`` whose transport records the bytes it is given; frames
+from the "broker" are fed to ``Link.data_received`` and what the client sent is parsed back with
+pamqp. The property test replays the client's settlements against a model of the broker's
+unacked-delivery bookkeeping: a coalesced ``multiple=True`` ack must never cover a delivery the
+program has not acked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pamqp import commands as spec
+from pamqp import frame as pamqp_frame
+from pamqp import header as pamqp_header
+
+import hutch
+from hutch.abc import ChannelState
+from hutch.amqp import frames
+from hutch.amqp.channel import Channel, _Consumer
+from hutch.amqp.link import Link
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def get_extra_info(self, name: str) -> Any:
+        return None
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class _Connection:
+    robust = False
+    reconnect_timeout = 1.0
+    _frame_max = 131072
+
+    def _forget_channel(self, channel: object) -> None:
+        pass
+
+
+def _open_channel() -> tuple[Link, Channel, _Transport]:
+    channels: dict[int, Channel] = {}
+    link = Link(channels, lambda *_: None, lambda *_: None, 131072)
+    transport = _Transport()
+    link.transport = transport  # type: ignore[assignment]
+    channel = Channel(_Connection(), 1, True)  # type: ignore[arg-type]
+    channel._link = link
+    channel._state = ChannelState.OPEN
+    channels[1] = channel
+    return link, channel, transport
+
+
+def _sent(transport: _Transport) -> list[Any]:
+    """The methods the client wrote, in order (content frames skipped)."""
+    data = bytes(transport.data)
+    out = []
+    while data:
+        consumed, _channel, frame = pamqp_frame.unmarshal(data)
+        data = data[consumed:]
+        if isinstance(frame, spec.Basic.Ack | spec.Basic.Nack | spec.Basic.Reject):
+            out.append(frame)
+    transport.data.clear()
+    return out
+
+
+def _delivery(tag: int, consumer_tag: str) -> bytes:
+    return b"".join(
+        [
+            pamqp_frame.marshal(
+                spec.Basic.Deliver(consumer_tag=consumer_tag, delivery_tag=tag, routing_key="q"),
+                1,
+            ),
+            pamqp_frame.marshal(pamqp_header.ContentHeader(0, 1), 1),
+            frames.FRAME_HEAD.pack(3, 1, 1) + b"x\xce",
+        ]
+    )
+
+
+def _consume(channel: Channel, tag: str, no_ack: bool, into: dict[int, Any]) -> None:
+    method = spec.Basic.Consume(queue="q", consumer_tag=tag, no_ack=no_ack)
+    channel._consumers[tag] = _Consumer(method, lambda m: into.__setitem__(m.delivery_tag, m))
+
+
+# -- coalesced acks -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Broker:
+    """The broker's view: which deliveries are still unacked, and what became of the others."""
+
+    outstanding: set[int]
+    acked: set[int]
+    returned: set[int]
+
+    def receive(self, frame: Any) -> None:
+        tag = frame.delivery_tag
+        assert tag in self.outstanding, f"{frame} names a tag that is not outstanding"
+        if isinstance(frame, spec.Basic.Ack) and frame.multiple:
+            covered = {t for t in self.outstanding if t <= tag}
+            self.outstanding -= covered
+            self.acked |= covered
+        else:
+            self.outstanding.discard(tag)
+            (self.acked if isinstance(frame, spec.Basic.Ack) else self.returned).add(tag)
+
+
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["deliver"] * 4 + ["settle"] * 4 + ["deliver_no_ack", "flush", "other_frame"]
+        ),
+        st.integers(0, 1000),
+        st.sampled_from(["ack", "ack", "ack", "nack", "reject", "ack_multiple"]),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_OPS)
+def test_coalesced_acks_only_ever_ack_what_the_program_acked(ops: list[Any]) -> None:
+    """Whatever the order of deliveries, settlements and flushes, the frames sent ack exactly
+    the deliveries the program acked (``multiple=True`` included) and nothing else."""
+
+    async def scenario() -> None:
+        link, channel, transport = _open_channel()
+        delivered: dict[int, Any] = {}
+        _consume(channel, "acks", False, delivered)
+        _consume(channel, "auto", True, {})
+        broker = _Broker(set(), set(), set())
+        program_acked: set[int] = set()
+        program_returned: set[int] = set()
+        next_tag = 1
+        for op, pick, how in ops:
+            if op in ("deliver", "deliver_no_ack"):
+                no_ack = op == "deliver_no_ack"
+                link.data_received(_delivery(next_tag, "auto" if no_ack else "acks"))
+                if not no_ack:
+                    broker.outstanding.add(next_tag)
+                next_tag += 1
+            elif op == "settle":
+                waiting = sorted(t for t, m in delivered.items() if not m.settled)
+                if not waiting:
+                    continue
+                message = delivered[waiting[pick % len(waiting)]]
+                if how == "ack":
+                    message.ack()
+                    program_acked.add(message.delivery_tag)
+                elif how == "ack_multiple":
+                    message.ack(multiple=True)
+                    covered = {t for t in waiting if t <= message.delivery_tag}
+                    for tag in covered:
+                        delivered[tag]._settled = True
+                    program_acked |= covered
+                elif how == "nack":
+                    message.nack(requeue=True)
+                    program_returned.add(message.delivery_tag)
+                else:
+                    message.reject(requeue=False)
+                    program_returned.add(message.delivery_tag)
+            elif op == "flush":
+                link._flush()
+            else:
+                link.write(frames.HEARTBEAT)
+            for frame in _sent(transport):
+                broker.receive(frame)
+            assert broker.acked <= program_acked
+            assert broker.returned <= program_returned
+        link._flush()
+        for frame in _sent(transport):
+            broker.receive(frame)
+        assert broker.acked == program_acked
+        assert broker.returned == program_returned
+
+    asyncio.run(scenario())
+
+
+async def test_acks_in_one_iteration_go_out_as_one_multiple_ack() -> None:
+    """A burst of in-order acks becomes a single ``basic.ack`` with ``multiple=True``."""
+    link, channel, transport = _open_channel()
+    delivered: dict[int, Any] = {}
+    _consume(channel, "acks", False, delivered)
+    link.data_received(b"".join(_delivery(tag, "acks") for tag in range(1, 101)))
+    for message in delivered.values():
+        await message.ack()
+    link._flush()
+    [frame] = _sent(transport)
+    assert isinstance(frame, spec.Basic.Ack)
+    assert frame.delivery_tag == 100
+    assert frame.multiple
+
+
+async def test_a_held_ack_goes_out_before_any_later_frame() -> None:
+    """A held ack is written ahead of whatever the channel writes next (e.g. its close)."""
+    link, channel, transport = _open_channel()
+    delivered: dict[int, Any] = {}
+    _consume(channel, "acks", False, delivered)
+    link.data_received(_delivery(1, "acks"))
+    await delivered[1].ack()
+    assert not transport.data  # held until the flush
+    link.write(
+        frames.encode_method(
+            1, spec.Channel.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0)
+        )
+    )
+    link._flush()
+    consumed, _ch, first = pamqp_frame.unmarshal(bytes(transport.data))
+    _consumed, _ch, second = pamqp_frame.unmarshal(bytes(transport.data[consumed:]))
+    assert isinstance(first, spec.Basic.Ack)
+    assert isinstance(second, spec.Channel.Close)
+
+
+async def test_an_unsettled_delivery_keeps_later_acks_individual() -> None:
+    """While delivery 1 is unsettled, acks of 2 and 3 are sent one by one (no multiple)."""
+    link, channel, transport = _open_channel()
+    delivered: dict[int, Any] = {}
+    _consume(channel, "acks", False, delivered)
+    link.data_received(b"".join(_delivery(tag, "acks") for tag in (1, 2, 3)))
+    await delivered[2].ack()
+    await delivered[3].ack()
+    link._flush()
+    sent = _sent(transport)
+    assert [(f.delivery_tag, f.multiple) for f in sent] == [(2, False), (3, False)]
+
+
+# -- settling from callbacks --------------------------------------------------------------------
+
+
+async def test_a_plain_callback_acks_without_awaiting() -> None:
+    """``message.ack()`` settles at once: a plain ``def`` callback needs no await or task, and
+    the returned awaitable may still be awaited."""
+    link, channel, transport = _open_channel()
+    seen: list[hutch.IncomingMessage] = []
+    results: list[Any] = []
+
+    def on_message(message: hutch.IncomingMessage) -> Any:
+        seen.append(message)
+        results.append(message.ack())
+        return results[-1]  # returning the awaitable must not create a task or fail
+
+    method = spec.Basic.Consume(queue="q", consumer_tag="c")
+    channel._consumers["c"] = _Consumer(method, on_message)
+    link.data_received(_delivery(1, "c"))
+    assert seen[0].settled
+    assert not channel._tasks
+    assert await results[0] is None  # awaiting it is optional, and harmless
+    with pytest.raises(hutch.MessageAlreadySettled):
+        await seen[0].ack()
+    link._flush()
+    assert [f.delivery_tag for f in _sent(transport)] == [1]
+
+
+async def test_an_async_callback_that_raises_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """An ``async def`` callback's exception is logged with its traceback, and the channel
+    forgets the task."""
+    link, channel, _transport = _open_channel()
+    done = asyncio.Event()
+
+    async def on_message(message: hutch.IncomingMessage) -> None:
+        done.set()
+        raise RuntimeError("boom")
+
+    method = spec.Basic.Consume(queue="q", consumer_tag="c")
+    channel._consumers["c"] = _Consumer(method, on_message)
+    with caplog.at_level(logging.ERROR, logger="hutch"):
+        link.data_received(_delivery(1, "c"))
+        await asyncio.wait_for(done.wait(), 5)
+        for _ in range(3):
+            await asyncio.sleep(0)
+    assert "consumer callback raised" in caplog.text
+    assert "boom" in caplog.text
+    assert not channel._tasks
+
+
+# -- publisher confirms -------------------------------------------------------------------------
+
+
+async def test_a_multiple_confirm_resolves_every_covered_publish() -> None:
+    """``basic.ack`` with ``multiple=True`` resolves every publish up to its tag and no
+    further; a ``basic.nack`` fails its publish with PublishNacked."""
+    link, channel, _transport = _open_channel()
+    futures = [channel.publish_nowait(hutch.Message(b"m"), "q") for _ in range(5)]
+    link.data_received(frames.encode_ack(1, 3, True))
+    assert [f.done() for f in futures] == [True, True, True, False, False]
+    link.data_received(pamqp_frame.marshal(spec.Basic.Nack(delivery_tag=4), 1))
+    with pytest.raises(hutch.PublishNacked):
+        await futures[3]
+    assert not futures[4].done()
+    link.data_received(frames.encode_ack(1, 5, False))
+    await futures[4]
+    assert channel._floor == 5
+    assert not channel._unconfirmed
+
+
+async def test_publish_nowait_of_bytes_is_written_in_the_call() -> None:
+    """``publish_nowait(b"...")`` encodes and queues the frames at once (no task)."""
+    link, channel, _transport = _open_channel()
+    future = channel.publish_nowait(b"payload", "q")
+    assert link._out
+    assert b"payload" in b"".join(link._out)
+    assert not future.done()
