@@ -38,14 +38,16 @@ class BackgroundNode:
 
     def __init__(self, label: str) -> None:
         self.label = label
-        self.folder = Path(tempfile.mkdtemp(prefix=f"hutch-{label}-"))
-        os.chmod(self.folder, 0o755)
-        self.node = Node(self.folder)
+        self.node: Node | None = None
         self.error: BaseException | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         if self._thread is None:
+            # The folder is made only for a node that starts, so test runs leave nothing behind.
+            folder = Path(tempfile.mkdtemp(prefix=f"hutch-{self.label}-"))
+            os.chmod(folder, 0o755)
+            self.node = Node(folder)
             self._thread = threading.Thread(target=self._run, name=f"rabbitmq-{self.label}")
             self._thread.start()
 
@@ -56,6 +58,7 @@ class BackgroundNode:
                     "rabbitmq-server is not installed; `bash scripts/test.sh` installs it "
                     "(apt-get install rabbitmq-server)"
                 )
+            assert self.node is not None
             self.node.start()
         except BaseException as exc:  # reported by get()
             self.error = exc
@@ -69,9 +72,10 @@ class BackgroundNode:
             if os.environ.get("CI"):
                 pytest.fail(message, pytrace=False)
             pytest.skip(message)
+        assert self.node is not None
         return self.node
 
     def stop(self) -> None:
-        if self._thread is not None:
+        if self._thread is not None and self.node is not None:
             self._thread.join()
             self.node.remove()

@@ -308,7 +308,11 @@ def decode_method(payload: bytes) -> Method:
     Raises:
         ProtocolError: an unknown method or arguments that do not parse.
     """
-    index = method_id(payload, 0) if len(payload) >= 4 else -1
+    if len(payload) < 4:
+        raise ProtocolError(
+            f"the broker sent a method frame of {len(payload)} bytes, too short for a method id"
+        )
+    index = method_id(payload, 0)
     cls = _commands.INDEX_MAPPING.get(index)
     if cls is None:
         raise ProtocolError(f"the broker sent an unknown AMQP method (id 0x{index:08x})")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import itertools
 import logging
 from collections.abc import Coroutine
@@ -46,7 +47,7 @@ from hutch.memory.broker import (
     inequivalent,
     queue_text,
 )
-from hutch.message import IncomingMessage, Message, make_incoming
+from hutch.message import _DONE, IncomingMessage, Message, make_incoming
 
 if TYPE_CHECKING:
     from hutch.memory.connection import MemoryConnection
@@ -735,6 +736,8 @@ class MemoryChannel:
         if result is not None:
             if isinstance(result, Coroutine):
                 task = self._loop.create_task(result)
+            elif result is _DONE or not inspect.isawaitable(result):
+                return  # e.g. ``lambda m: m.ack()``: settled already, nothing left to run
             else:
                 task = asyncio.ensure_future(result)
             queue.busy += 1
