@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from pamqp import commands as spec
 
-from hutch.abc import ChannelState, CloseListener, ConsumerCallback, QueueInfo, ReturnListener
+from hutch._listeners import ChannelBase
+from hutch.abc import ChannelState, ConsumerCallback, QueueInfo
 from hutch.amqp import frames
 from hutch.exceptions import (
     AccessRefused,
@@ -85,10 +86,11 @@ def _method_name(class_id: int | None, method_id: int | None) -> str:
     return str(getattr(cls, "name", f"{class_id}.{method_id}"))
 
 
-class Channel:
+class Channel(ChannelBase):
     """A channel on an AMQP ``Connection``; get one with ``await connection.channel()``."""
 
     def __init__(self, connection: Connection, number: int, publisher_confirms: bool) -> None:
+        super().__init__()
         self._connection = connection
         self._loop = asyncio.get_running_loop()
         self.number = number
@@ -120,8 +122,6 @@ class Channel:
         self._bindings: dict[tuple[Any, ...], spec.Queue.Bind | spec.Exchange.Bind] = {}
         self._consumers: dict[str, _Consumer] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._return_listeners: list[ReturnListener] = []
-        self._close_listeners: list[CloseListener] = []
         self._publish_frames: dict[tuple[str, str, bool], bytes] = {}
         # consumer acks, coalesced (see _settle)
         self._ack_epoch = 0
@@ -135,38 +135,8 @@ class Channel:
     # -- state ------------------------------------------------------------------------------
 
     @property
-    def state(self) -> ChannelState:
-        """``OPENING`` (also while a robust connection restores it), ``OPEN`` or ``CLOSED``."""
-        return self._state
-
-    @property
-    def is_closed(self) -> bool:
-        """Whether the channel is closed for good (a robust channel that is reopening is not)."""
-        return self._state is ChannelState.CLOSED
-
-    @property
     def connection(self) -> Connection:
         return self._connection
-
-    def add_return_listener(self, listener: ReturnListener) -> None:
-        """Call ``listener(Unroutable)`` for every mandatory message the broker returns."""
-        self._return_listeners.append(listener)
-
-    def remove_return_listener(self, listener: ReturnListener) -> None:
-        self._return_listeners.remove(listener)
-
-    def add_close_listener(self, listener: CloseListener) -> None:
-        """Call ``listener(channel, error)`` once the channel is closed for good."""
-        self._close_listeners.append(listener)
-
-    def remove_close_listener(self, listener: CloseListener) -> None:
-        self._close_listeners.remove(listener)
-
-    async def __aenter__(self) -> Channel:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     # -- opening, losing, restoring ---------------------------------------------------------
 
@@ -310,11 +280,7 @@ class Channel:
         self._closed_error = error or ConnectionClosed(f"channel {self.number} was closed")
         self._opened.set()  # wake anyone waiting for a reopen; they will see the error
         self._connection._forget_channel(self)
-        for listener in list(self._close_listeners):
-            try:
-                listener(self, error)
-            except Exception:
-                log.exception("a channel close listener raised")
+        self._notify_closed(error)
 
     def _on_broker_close(self, method: spec.Channel.Close) -> None:
         link = self._link
@@ -621,11 +587,7 @@ class Channel:
         else:
             if not self._return_listeners:
                 log.warning("%s", error)
-        for listener in list(self._return_listeners):
-            try:
-                listener(error)
-            except Exception:
-                log.exception("a return listener raised")
+        self._notify_returned(error)
 
     def _on_confirm(self, tag: int, bits: int, nack: bool) -> None:
         unconfirmed = self._unconfirmed

@@ -22,7 +22,8 @@ import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from hutch.abc import ChannelState, CloseListener, ConsumerCallback, QueueInfo, ReturnListener
+from hutch._listeners import ChannelBase
+from hutch.abc import ChannelState, ConsumerCallback, QueueInfo
 from hutch.amqp.frames import expiration_text
 from hutch.exceptions import (
     ChannelClosed,
@@ -100,10 +101,11 @@ class _Consumer:
         return not channel._global_prefetch or channel._global_unacked < channel._global_prefetch
 
 
-class MemoryChannel:
+class MemoryChannel(ChannelBase):
     """A channel on a ``MemoryConnection``; get one with ``await connection.channel()``."""
 
     def __init__(self, connection: MemoryConnection, number: int, publisher_confirms: bool) -> None:
+        super().__init__()
         self._connection = connection
         self._broker = connection.broker
         self._loop = asyncio.get_running_loop()
@@ -122,8 +124,6 @@ class MemoryChannel:
         self._reply_queue: Queue | None = None
         self._reply_to = ""
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._return_listeners: list[ReturnListener] = []
-        self._close_listeners: list[CloseListener] = []
 
     def __repr__(self) -> str:
         return f"<hutch.memory.MemoryChannel {self.number} {self._state.value}>"
@@ -131,37 +131,8 @@ class MemoryChannel:
     # -- state ------------------------------------------------------------------------------
 
     @property
-    def state(self) -> ChannelState:
-        """``OPEN`` or ``CLOSED`` (a memory channel never waits to reopen)."""
-        return self._state
-
-    @property
-    def is_closed(self) -> bool:
-        return self._state is ChannelState.CLOSED
-
-    @property
     def connection(self) -> MemoryConnection:
         return self._connection
-
-    def add_return_listener(self, listener: ReturnListener) -> None:
-        """Call ``listener(Unroutable)`` for every mandatory message no queue took."""
-        self._return_listeners.append(listener)
-
-    def remove_return_listener(self, listener: ReturnListener) -> None:
-        self._return_listeners.remove(listener)
-
-    def add_close_listener(self, listener: CloseListener) -> None:
-        """Call ``listener(channel, error)`` once the channel is closed for good."""
-        self._close_listeners.append(listener)
-
-    def remove_close_listener(self, listener: CloseListener) -> None:
-        self._close_listeners.remove(listener)
-
-    async def __aenter__(self) -> MemoryChannel:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     def _check_open(self) -> None:
         if self._state is not ChannelState.OPEN:
@@ -629,17 +600,10 @@ class MemoryChannel:
         decode_into(content, returned)
         error = Unroutable(content.exchange, content.routing_key, 312, "NO_ROUTE", returned)
         if self._return_listeners:
-            self._loop.call_soon(self._call_return_listeners, error)
+            self._loop.call_soon(self._notify_returned, error)
         elif not self.publisher_confirms:
             log.warning("%s", error)
         return error if self.publisher_confirms else None
-
-    def _call_return_listeners(self, error: Unroutable) -> None:
-        for listener in list(self._return_listeners):
-            try:
-                listener(error)
-            except Exception:
-                log.exception("a return listener raised")
 
     # -- consuming --------------------------------------------------------------------------
 
@@ -885,11 +849,7 @@ class MemoryChannel:
         self._stop_consuming()
         self._requeue_unacked()
         self._connection._forget_channel(self)
-        for listener in list(self._close_listeners):
-            try:
-                listener(self, error)
-            except Exception:
-                log.exception("a channel close listener raised")
+        self._notify_closed(error)
 
     async def close(self) -> None:
         """Close the channel; idempotent. Unacked deliveries go back to their queues and the

@@ -1,0 +1,73 @@
+"""What every channel has, whatever its transport: a state, listeners, ``async with``.
+
+``hutch.amqp.Channel`` and ``hutch.memory.MemoryChannel`` both build on ``ChannelBase``, so the
+listener semantics (called in order, a raising listener is logged and the others still run)
+live in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Self
+
+from hutch.abc import ChannelState, CloseListener, ReturnListener
+from hutch.exceptions import Unroutable
+
+log = logging.getLogger("hutch")
+
+
+class ChannelBase:
+    """State, return and close listeners, and ``async with`` for a channel."""
+
+    _state: ChannelState
+
+    def __init__(self) -> None:
+        self._return_listeners: list[ReturnListener] = []
+        self._close_listeners: list[CloseListener] = []
+
+    @property
+    def state(self) -> ChannelState:
+        """``OPENING`` (also while a robust connection restores it), ``OPEN`` or ``CLOSED``."""
+        return self._state
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether the channel is closed for good (a robust channel that is reopening is not)."""
+        return self._state is ChannelState.CLOSED
+
+    def add_return_listener(self, listener: ReturnListener) -> None:
+        """Call ``listener(Unroutable)`` for every mandatory message no queue took."""
+        self._return_listeners.append(listener)
+
+    def remove_return_listener(self, listener: ReturnListener) -> None:
+        self._return_listeners.remove(listener)
+
+    def add_close_listener(self, listener: CloseListener) -> None:
+        """Call ``listener(channel, error)`` once the channel is closed for good."""
+        self._close_listeners.append(listener)
+
+    def remove_close_listener(self, listener: CloseListener) -> None:
+        self._close_listeners.remove(listener)
+
+    def _notify_returned(self, error: Unroutable) -> None:
+        for listener in list(self._return_listeners):
+            try:
+                listener(error)
+            except Exception:
+                log.exception("a return listener raised")
+
+    def _notify_closed(self, error: BaseException | None) -> None:
+        for listener in list(self._close_listeners):
+            try:
+                listener(self, error)
+            except Exception:
+                log.exception("a channel close listener raised")
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
