@@ -2,7 +2,7 @@
 
 Keep a copy of the tree before a change (``cp -r src /tmp/before/``), make the change, then::
 
-    /tmp/hv/bin/python bench/ab.py /tmp/before/src src --node DIR [--rounds 7] [--only cycle,rpc]
+    .venv/bin/python bench/ab.py /tmp/before/src src --node DIR [--rounds 7] [--only cycle,rpc]
 
 Each round runs the scenarios once per tree (alternating which goes first) in fresh processes
 with ``PYTHONPATH`` pointing at that tree, and the medians of client CPU per message and of the

@@ -2,7 +2,7 @@
 
 Run (about 3½ minutes; starts and removes its own node)::
 
-    /tmp/hv/bin/python bench/bench_client.py
+    .venv/bin/python bench/bench_client.py
 
 Options: ``--rounds N`` (default 7), ``--loop asyncio|uvloop|both`` (default both),
 ``--scale F`` (message counts x F), ``--node DIR`` (use a node already started with

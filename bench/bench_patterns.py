@@ -2,7 +2,7 @@
 
 Run (about 3½ minutes on 2 busy cores; starts and removes its own node)::
 
-    /tmp/hv/bin/python bench/bench_patterns.py
+    .venv/bin/python bench/bench_patterns.py
 
 Options: ``--rounds N`` (default 5), ``--loop asyncio|uvloop|both`` (default both),
 ``--scale F`` (multiplies the counts), ``--node DIR`` (a node already started with
@@ -742,7 +742,7 @@ def main(argv: list[str]) -> int:
         print(f"run took {time.monotonic() - started:.0f} s", file=sys.stderr)
     info["rounds"] = args.rounds
     info["scale"] = args.scale
-    info["command"] = " ".join(["/tmp/hv/bin/python", "bench/bench_patterns.py", *argv])
+    info["command"] = " ".join([".venv/bin/python", "bench/bench_patterns.py", *argv])
     harness.save_json(json_path, samples, {"info": info, "latencies": LATENCIES})
     report(samples, info, args.out)
     return 0

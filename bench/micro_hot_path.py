@@ -2,7 +2,7 @@
 
 Run::
 
-    /tmp/hv/bin/python bench/micro_hot_path.py [--repeat 7]
+    .venv/bin/python bench/micro_hot_path.py [--repeat 7]
 
 A real ``Channel`` on a real ``Link`` whose transport only counts bytes:
 

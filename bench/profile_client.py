@@ -2,7 +2,7 @@
 
 Run::
 
-    /tmp/hv/bin/python bench/profile_client.py [--node DIR] [--count N] [--top 25] [--no-profile]
+    .venv/bin/python bench/profile_client.py [--node DIR] [--count N] [--top 25] [--no-profile]
 
 - ``cycle``: one connection, a publisher channel with confirms (window of 1000 through
   ``publish_nowait``) and a consumer channel (prefetch 1000) whose callback acks each message.

@@ -3,7 +3,7 @@ the wire, and cProfile of both sides.
 
 Run::
 
-    /tmp/hv/bin/python bench/profile_patterns.py [--node DIR] [--rounds 5] [--count N]
+    .venv/bin/python bench/profile_patterns.py [--node DIR] [--rounds 5] [--count N]
         [--loop asyncio|uvloop] [--profile] [--top 25]
 
 - ``rpc``: calls awaited one by one, the callee in another process. Four pairings, interleaved

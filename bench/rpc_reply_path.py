@@ -2,7 +2,7 @@
 
 Run (about a minute; starts and removes its own node)::
 
-    /tmp/hv/bin/python bench/rpc_reply_path.py
+    .venv/bin/python bench/rpc_reply_path.py
 
 Options: ``--rounds N`` (default 5), ``--loop asyncio|uvloop`` (default asyncio), ``--calls N``
 (one-by-one calls per case, default 2000; the 100-in-flight case makes 5x as many),
