@@ -216,7 +216,8 @@ class Serving:
     @property
     def in_flight(self) -> int:
         """Tasks and calls being handled right now."""
-        return sum(w.in_flight for w in self._workers) + sum(r.in_flight for r in self._rpcs)
+        # (RPC.in_flight counts an object's own calls waiting for replies, not those it serves.)
+        return sum(w.in_flight for w in self._workers) + sum(len(r._serving) for r in self._rpcs)
 
     async def close(self) -> None:
         """Stop consuming, let the handlers in flight finish (each worker within its bound),

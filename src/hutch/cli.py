@@ -140,6 +140,8 @@ async def _call(args: argparse.Namespace) -> int:
             ) from exc
         except CallTimeout as exc:
             raise CommandError(f"{exc}; raise --timeout if the function is slow") from exc
+        except HutchError:
+            raise  # ours (a lost connection, an unreadable reply), not the function's
         except Exception as exc:  # a re-created builtin exception from the callee
             print(f"remote error: {type(exc).__name__}: {exc}", file=sys.stderr)
             return EXIT_FAILED

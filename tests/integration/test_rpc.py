@@ -627,6 +627,37 @@ async def test_close_fails_pending_calls_and_unsubscribes(url: str, name: str) -
         await channel.queue_delete(name)
 
 
+async def test_closing_the_callee_connection_cancels_the_functions_it_runs(
+    url: str, name: str
+) -> None:
+    """Closing a callee's connection (without closing the RPC object) cancels the functions
+    still running, as it does every consumer callback: none runs on after ``close()``."""
+    started = asyncio.Event()
+    outcome: list[str] = []
+
+    async def hang() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            outcome.append("cancelled")
+            raise
+
+    async with connected(url) as caller_connection:
+        caller = await RPC.create(await caller_connection.channel())
+        callee_connection = await hutch.connect(url)
+        callee = await RPC.create(await callee_connection.channel())
+        await callee.register(name, hang, auto_delete=True)
+        waiting = asyncio.ensure_future(caller.call(name, timeout=WAIT))
+        await asyncio.wait_for(started.wait(), WAIT)
+        await callee_connection.close()
+        assert outcome == ["cancelled"]
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        await callee.close()
+        await caller.close()
+
+
 # -- serializers -----------------------------------------------------------------------------
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from pamqp import commands as spec
 
 import hutch
 import hutch.patterns
 from hutch.app import App
-from hutch.cli import CommandError, parse_arguments
+from hutch.cli import CommandError, _call, build_parser, parse_arguments
 from hutch.patterns import Master, Retry
+from tests.support.fake_amqp import FakeBroker, FakeConnection, serve
 
 
 async def resize(*, path: str) -> None:
@@ -100,11 +102,58 @@ async def test_serve_runs_tasks_and_rpc_on_the_embedded_broker() -> None:
     assert events == ["startup", "shutdown"]
 
 
+async def test_serving_in_flight_counts_the_rpc_calls_being_served() -> None:
+    """``Serving.in_flight`` counts the RPC calls its callees are running, not only tasks."""
+    app = App()
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    @app.rpc(name="app.slow")
+    async def slow() -> None:
+        started.set()
+        await release.wait()
+
+    async with await hutch.connect("memory://test-app-in-flight") as connection:
+        serving = await app.serve(connection)
+        rpc = await hutch.patterns.RPC.create(await connection.channel())
+        call = asyncio.ensure_future(rpc.proxy.app.slow())
+        await asyncio.wait_for(started.wait(), 5)
+        assert serving.in_flight == 1
+        release.set()
+        await asyncio.wait_for(call, 5)
+        assert serving.in_flight == 0
+        await rpc.close()
+        await serving.close()
+
+
 async def test_serving_an_empty_app_is_an_error() -> None:
     """An app with nothing to serve is a mistake worth saying out loud."""
     async with await hutch.connect("memory://test-app-empty") as connection:
         with pytest.raises(ValueError, match=r"no @app\.task or @app\.rpc"):
             await App().serve(connection)
+
+
+async def test_call_command_reports_a_lost_connection_as_such_not_as_a_remote_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``hutch call`` lets a ConnectionLost through to the one-line error report instead of
+    printing it as an error the remote function raised."""
+
+    async def hook(conn: FakeConnection, channel: int, method: object) -> bool:
+        if isinstance(method, spec.Basic.Publish) and method.routing_key == "f":
+            conn.hang_up()
+            return True
+        return False
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.handshake()
+        await serve(conn, hook)
+
+    async with FakeBroker(script) as broker:
+        args = build_parser().parse_args(["call", "f", "--url", broker.url()])
+        with pytest.raises(hutch.ConnectionLost):
+            await asyncio.wait_for(_call(args), 10)
+    assert "remote error" not in capsys.readouterr().err
 
 
 def test_key_value_arguments_are_json_when_they_parse() -> None:

@@ -546,3 +546,175 @@ async def test_robust_connection_reconnects_after_malformed_input() -> None:
         info = await asyncio.wait_for(channel.queue_declare("good"), 5)
         assert info.queue == "good"
         assert len(broker.connections) == 2
+
+
+# -- cancelled midway -----------------------------------------------------------------------
+
+
+async def test_consume_cancelled_before_its_consume_ok_leaves_no_consumer_behind() -> None:
+    """A consume() cancelled while its consume-ok is on the way still gets a consumer on the
+    broker: hutch cancels it there, and what it delivered meanwhile reaches the callback (with
+    no_ack the broker already forgot it) instead of being nacked as an unknown consumer's."""
+    consume_seen = asyncio.Event()
+    cancelled = asyncio.Event()
+    after: list[object] = []
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.handshake()
+        await conn.open_channel()
+        _, consume = await conn.expect(spec.Basic.Consume)
+        consume_seen.set()
+        await asyncio.wait_for(cancelled.wait(), 5)
+        tag = consume.consumer_tag
+        conn.send_method(1, spec.Basic.ConsumeOk(consumer_tag=tag))
+        conn.send_method(1, spec.Basic.Deliver(consumer_tag=tag, delivery_tag=1, routing_key="q"))
+        conn.send(content_frames(1, b"meanwhile"))
+        _, method = await conn.read_method()
+        after.append(method)
+        if isinstance(method, spec.Basic.Cancel):
+            conn.send_method(1, spec.Basic.CancelOk(consumer_tag=tag))
+        await serve(conn)
+
+    async with FakeBroker(script) as broker, await connect(broker.url()) as connection:
+        channel = await connection.channel()
+        got = asyncio.Event()
+        bodies: list[bytes] = []
+
+        def on_message(message: hutch.IncomingMessage) -> None:
+            bodies.append(message.body)
+            got.set()
+
+        consume = asyncio.ensure_future(channel.consume("q", on_message, no_ack=True))
+        await asyncio.wait_for(consume_seen.wait(), 5)
+        consume.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await consume
+        cancelled.set()
+        await asyncio.wait_for(got.wait(), 5)
+        assert bodies == [b"meanwhile"]
+        await asyncio.wait_for(channel.queue_declare("sync"), 5)
+        assert [type(m).__name__ for m in after] == ["Cancel"]
+        assert not [m for _, m in broker.connections[0].methods if isinstance(m, spec.Basic.Nack)]
+
+
+async def test_cancel_cancelled_before_its_cancel_ok_keeps_the_consumer_until_then() -> None:
+    """A cancel() that is itself cancelled while the broker's cancel-ok is on the way still
+    hands the deliveries sent before it to the callback; a no_ack delivery is never nacked
+    (the broker would close the channel for an unknown delivery tag, and it would be lost)."""
+    cancel_seen = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def hook(conn: FakeConnection, channel: int, method: object) -> bool:
+        if isinstance(method, spec.Basic.Cancel):
+            cancel_seen.set()
+            await asyncio.wait_for(cancelled.wait(), 5)
+            tag = method.consumer_tag
+            conn.send_method(
+                channel, spec.Basic.Deliver(consumer_tag=tag, delivery_tag=1, routing_key="q")
+            )
+            conn.send(content_frames(channel, b"before cancel-ok"))
+            conn.send_method(channel, spec.Basic.CancelOk(consumer_tag=tag))
+            return True
+        return False
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.handshake()
+        await serve(conn, hook)
+
+    async with FakeBroker(script) as broker, await connect(broker.url()) as connection:
+        channel = await connection.channel()
+        got = asyncio.Event()
+        bodies: list[bytes] = []
+
+        def on_message(message: hutch.IncomingMessage) -> None:
+            bodies.append(message.body)
+            got.set()
+
+        tag = await channel.consume("q", on_message, no_ack=True)
+        cancel = asyncio.ensure_future(channel.cancel(tag))
+        await asyncio.wait_for(cancel_seen.wait(), 5)
+        cancel.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancel
+        cancelled.set()
+        await asyncio.wait_for(got.wait(), 5)
+        assert bodies == [b"before cancel-ok"]
+        await asyncio.wait_for(channel.queue_declare("sync"), 5)
+        assert channel.state is hutch.ChannelState.OPEN
+        assert not [m for _, m in broker.connections[0].methods if isinstance(m, spec.Basic.Nack)]
+
+
+async def test_get_cancelled_before_its_answer_hands_the_message_back() -> None:
+    """A get() cancelled while the broker's get-ok is on the way nacks (requeues) the message
+    it fetched, instead of leaving it unacked on the channel until the channel closes."""
+    get_seen = asyncio.Event()
+    cancelled = asyncio.Event()
+    answered = asyncio.Event()
+    after: list[object] = []
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.handshake()
+        await conn.open_channel()
+        await conn.expect(spec.Basic.Get)
+        get_seen.set()
+        await asyncio.wait_for(cancelled.wait(), 5)
+        conn.send_method(
+            1, spec.Basic.GetOk(delivery_tag=1, exchange="", routing_key="q", message_count=0)
+        )
+        conn.send(content_frames(1, b"fetched"))
+        _, method = await conn.read_method()
+        after.append(method)
+        answered.set()
+        await serve(conn)
+
+    async with FakeBroker(script) as broker, await connect(broker.url()) as connection:
+        channel = await connection.channel()
+        get = asyncio.ensure_future(channel.get("q"))
+        await asyncio.wait_for(get_seen.wait(), 5)
+        get.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await get
+        cancelled.set()
+        await asyncio.wait_for(answered.wait(), 5)
+        [nack] = after
+        assert isinstance(nack, spec.Basic.Nack)
+        assert (nack.delivery_tag, nack.requeue) == (1, True)
+
+
+async def test_publish_held_by_a_full_socket_does_not_write_on_a_channel_closed_meanwhile() -> None:
+    """A publish that waited for the socket to drain, while the broker closed its channel,
+    raises the channel's error instead of writing on the closed channel (which the broker
+    answers by closing the connection, leaving that publish's confirm waiting forever)."""
+    paused = asyncio.Event()
+    closed = asyncio.Event()
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.handshake()
+        await conn.open_channel()
+        await asyncio.wait_for(paused.wait(), 5)
+        conn.send_method(
+            1,
+            spec.Channel.Close(
+                reply_code=404, reply_text="NOT_FOUND - no exchange 'x'", class_id=60, method_id=40
+            ),
+        )
+        await conn.expect(spec.Channel.CloseOk)
+        closed.set()
+        await serve(conn)
+
+    async with FakeBroker(script) as broker, await connect(broker.url()) as connection:
+        channel = await connection.channel()
+        link = channel._link
+        assert link is not None
+        link.pause_writing()  # as the transport does when the socket buffer is full
+        publish = asyncio.ensure_future(channel.publish(b"late", "q"))
+        paused.set()
+        await asyncio.wait_for(closed.wait(), 5)
+        assert channel.is_closed
+        assert not publish.done()
+        link.resume_writing()
+        with pytest.raises(hutch.NotFound):
+            await asyncio.wait_for(publish, 5)
+        await asyncio.wait_for((await connection.channel()).queue_declare("sync"), 5)
+        methods = broker.connections[0].methods
+        assert not [m for _, m in methods if isinstance(m, spec.Basic.Publish)]

@@ -13,6 +13,7 @@ unless the consumer callback is a coroutine function.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import itertools
 import logging
@@ -534,6 +535,10 @@ class Channel(ChannelBase):
             message.message_count = count
             if not future.done():
                 future.set_result(message)
+            elif not message._settled:
+                # get() was cancelled meanwhile: hand the message back rather than hold it
+                # unacked until the channel closes.
+                message.nack(requeue=True)
         else:
             self._on_return(message, *target)
 
@@ -836,8 +841,10 @@ class Channel(ChannelBase):
         link = self._link
         if link is None or not link.writable or self._state is not ChannelState.OPEN:
             link = await self._ready()
-            if not link.writable:
+            while not link.writable:
                 await self._wait_writable(link, timeout)
+                # The broker may have closed the channel meanwhile: never write on it then.
+                link = await self._ready()
         data = _encode_content(
             self._method_frame(exchange, routing_key, mandatory),
             self.number,
@@ -949,21 +956,43 @@ class Channel(ChannelBase):
         if tag in self._consumers:
             raise ValueError(f"consumer tag {tag!r} is already in use on this channel")
         self._consumers[tag] = _Consumer(method, callback)
+        future = self._call_on(link, method)
         try:
-            await self._call_on(link, method)
+            await future
         except BaseException:
-            self._consumers.pop(tag, None)
+            if future.cancelled():
+                # Cancelled with the consume on its way: the broker starts the consumer all
+                # the same, so keep its callback until the broker has cancelled it.
+                self._connection._spawn(self._cancel_quietly(tag), "cancel-consumer")
+            else:
+                self._consumers.pop(tag, None)
             raise
         return tag
+
+    async def _cancel_quietly(self, consumer_tag: str) -> None:
+        try:
+            await self.cancel(consumer_tag)
+        except HutchError as exc:
+            log.debug("cancelling consumer %s: %s", consumer_tag, exc)
 
     async def cancel(self, consumer_tag: str) -> None:
         """Stop a consumer; deliveries already on their way still reach its callback."""
         if consumer_tag not in self._consumers:
             return
         try:
-            await self._rpc(spec.Basic.Cancel(consumer_tag=consumer_tag))
-        finally:
+            link = await self._ready()
+        except BaseException:
             self._consumers.pop(consumer_tag, None)
+            raise
+        future = self._call_on(link, spec.Basic.Cancel(consumer_tag=consumer_tag))
+        # The consumer is forgotten once the broker answered (or the channel failed), even if
+        # this call is cancelled first: deliveries sent before the cancel-ok are its own (with
+        # no_ack, nacking them as strays would close the channel and lose them).
+        future.add_done_callback(functools.partial(self._forget_consumer, consumer_tag))
+        await asyncio.shield(future)
+
+    def _forget_consumer(self, consumer_tag: str, _future: asyncio.Future[Any]) -> None:
+        self._consumers.pop(consumer_tag, None)
 
     async def get(self, queue: str, *, no_ack: bool = False) -> IncomingMessage | None:
         """Take one message from ``queue``, or ``None`` if it is empty."""

@@ -808,10 +808,16 @@ class RPC(Serializing):
         if route.consumer_tag is not None and channel is not None and not channel.is_closed:
             await channel.cancel(route.consumer_tag)
 
-    def _on_call(self, route: _Route, message: IncomingMessage) -> None:
-        task = self._loop.create_task(self._serve(route, message))
+    async def _on_call(self, route: _Route, message: IncomingMessage) -> None:
+        # A coroutine, so that the channel runs it as a task it owns: closing the connection
+        # cancels it as it does every consumer callback. close() waits for it first.
+        task = asyncio.current_task()
+        assert task is not None
         self._serving.add(task)
-        task.add_done_callback(self._serving.discard)
+        try:
+            await self._serve(route, message)
+        finally:
+            self._serving.discard(task)
 
     async def _serve(self, route: _Route, message: IncomingMessage) -> None:
         kind = "result"
