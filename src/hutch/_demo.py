@@ -268,6 +268,8 @@ async def run_demo(
                 )
                 tasks_elapsed = max(tally.last_done_at - started, 1e-9)
                 watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
                 await _wait_for(
                     tally,
                     lambda: all(

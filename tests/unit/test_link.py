@@ -298,6 +298,28 @@ async def test_publish_waits_while_the_broker_blocks_the_connection() -> None:
         await asyncio.wait_for(channel.publish(b"after", "q"), 5)
 
 
+async def test_publish_timeout_bounds_the_whole_call_not_each_wait() -> None:
+    """``publish(timeout=T)`` gives up T seconds after it was called, even when part of T went
+    on waiting for the broker to unblock the connection."""
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.handshake()
+        await conn.open_channel()
+        conn.send_method(0, spec.Connection.Blocked(reason="low on memory"))
+        await asyncio.sleep(1.0)  # a broker that stays blocked for a while
+        conn.send_method(0, spec.Connection.Unblocked())
+        await conn.read_publish()  # ... and then never confirms
+        await serve(conn)
+
+    async with FakeBroker(script) as broker, await connect(broker.url()) as connection:
+        channel = await connection.channel()
+        started = time.monotonic()
+        with pytest.raises(hutch.HutchTimeoutError, match="did not confirm"):
+            await channel.publish(b"late", "q", timeout=1.5)
+        # Per-wait bounds would give up only after 1.0 s + 1.5 s.
+        assert time.monotonic() - started < 2.2
+
+
 # -- closing --------------------------------------------------------------------------------
 
 
@@ -718,3 +740,29 @@ async def test_publish_held_by_a_full_socket_does_not_write_on_a_channel_closed_
         await asyncio.wait_for((await connection.channel()).queue_declare("sync"), 5)
         methods = broker.connections[0].methods
         assert not [m for _, m in methods if isinstance(m, spec.Basic.Publish)]
+
+
+async def test_a_second_close_waits_for_the_first_to_finish() -> None:
+    """Two concurrent ``channel.close()`` calls both return only once the channel is closed."""
+
+    async def hook(conn: FakeConnection, channel: int, method: object) -> bool:
+        if isinstance(method, spec.Channel.Close):
+            await asyncio.sleep(0.3)  # a slow broker
+            conn.send_method(channel, spec.Channel.CloseOk())
+            return True
+        return False
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.handshake()
+        await serve(conn, hook)
+
+    closed: list[object] = []
+    async with FakeBroker(script) as broker, await connect(broker.url()) as connection:
+        channel = await connection.channel()
+        channel.add_close_listener(lambda ch, error: closed.append(error))
+        first = asyncio.ensure_future(channel.close())
+        await asyncio.sleep(0)  # let the first close send channel.close
+        await channel.close()
+        assert closed == [None]
+        assert channel.is_closed
+        await first

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import types
 from typing import Any, cast
@@ -205,6 +206,31 @@ async def test_create_tasks_sends_every_task_before_awaiting_a_confirm() -> None
     assert not batch.done()
     channel.confirms[-1].set_result(None)
     await asyncio.wait_for(batch, 1)
+
+
+async def test_cancelled_create_tasks_leaves_no_unretrieved_confirm_error() -> None:
+    """Cancelling a batch mid-wait still reads the confirms' errors when they come, so asyncio
+    never reports "Future exception was never retrieved"."""
+    channel = FakeChannel(auto_confirm=False)
+    master = make_master(channel)
+    batch = asyncio.ensure_future(master.create_tasks("t", [{"n": n} for n in range(3)]))
+    await channel.wait_published(3)
+    batch.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await batch
+    reported: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        for confirm in channel.confirms:
+            confirm.set_exception(hutch.ConnectionLost("gone"))
+        del confirm
+        channel.confirms.clear()
+        await asyncio.sleep(0)  # the done callbacks run
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert reported == []
 
 
 async def test_create_tasks_serializes_the_whole_batch_before_sending() -> None:

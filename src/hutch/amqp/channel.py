@@ -102,6 +102,7 @@ class Channel(ChannelBase):
         self._opened = asyncio.Event()
         self._closed_error: HutchError | None = None
         self._reopen_task: asyncio.Task[None] | None = None
+        self._closing: asyncio.Future[None] | None = None
         # synchronous methods in flight, answered in order: (future, expected names, extra)
         self._waiters: deque[tuple[asyncio.Future[Any], tuple[str, ...], Any]] = deque()
         # publisher confirms
@@ -839,10 +840,12 @@ class Channel(ChannelBase):
         if message.__class__ is not Message:
             message = _as_message(message, "publish")
         link = self._link
+        # ``timeout`` bounds the whole call: waiting to be able to write, then the confirm.
+        deadline = None if timeout is None else self._loop.time() + timeout
         if link is None or not link.writable or self._state is not ChannelState.OPEN:
             link = await self._ready()
             while not link.writable:
-                await self._wait_writable(link, timeout)
+                await self._wait_writable(link, self._remaining(deadline))
                 # The broker may have closed the channel meanwhile: never write on it then.
                 link = await self._ready()
         data = _encode_content(
@@ -861,17 +864,20 @@ class Channel(ChannelBase):
         if mandatory:
             self._mandatory[tag] = (exchange, routing_key, message.body)
         link.write(data)
-        if timeout is None:
+        if deadline is None:
             await future
             return
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(self._remaining(deadline)):
                 await future
         except TimeoutError:
             raise HutchTimeoutError(
                 f"the broker did not confirm the message within {timeout:g} s; it may still "
                 "arrive, so publish again only if duplicates are acceptable"
             ) from None
+
+    def _remaining(self, deadline: float | None) -> float | None:
+        return None if deadline is None else max(0.0, deadline - self._loop.time())
 
     def publish_nowait(
         self,
@@ -920,10 +926,12 @@ class Channel(ChannelBase):
             async with asyncio.timeout(timeout):
                 await link.wait_writable()
         except TimeoutError:
-            raise HutchTimeoutError(
-                f"could not publish within {timeout:g} s: the broker blocked this connection "
-                f"({link.blocked}); it is low on memory or disk"
-            ) from None
+            why = (
+                f"the broker blocked this connection ({link.blocked}): it is low on memory or disk"
+                if link.blocked is not None
+                else "the connection's send buffer stayed full (the broker reads too slowly)"
+            )
+            raise HutchTimeoutError(f"could not publish before the timeout: {why}") from None
 
     # -- consuming --------------------------------------------------------------------------
 
@@ -1109,9 +1117,20 @@ class Channel(ChannelBase):
     # -- closing ----------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Close the channel; idempotent. Unacked deliveries go back to their queues."""
+        """Close the channel; idempotent (a second caller waits for the first to finish).
+        Unacked deliveries go back to their queues."""
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
+            return
         if self._closed_error is not None or self._state is ChannelState.CLOSED:
             return
+        self._closing = self._loop.create_future()
+        try:
+            await self._close()
+        finally:
+            self._closing.set_result(None)
+
+    async def _close(self) -> None:
         link = self._link
         error = ConnectionClosed(f"channel {self.number} was closed")
         if self._reopen_task is not None:

@@ -108,6 +108,11 @@ _MESSAGE_OPTIONS = frozenset(
 _BATCH_YIELD = 1000
 
 
+def _read_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class RejectMessage(Exception):
     """Raise in a handler to reject the task (``basic.reject``); it is not retried.
 
@@ -310,7 +315,14 @@ class Master(Serializing):
                 await asyncio.sleep(0)
         if not futures:
             return
-        await asyncio.wait(futures)
+        try:
+            await asyncio.wait(futures)
+        except asyncio.CancelledError:
+            # The caller gave up: the confirms still come; read their errors so none is
+            # reported as "never retrieved".
+            for future in futures:
+                future.add_done_callback(_read_outcome)
+            raise
         failed = [
             (i, asyncio.CancelledError() if f.cancelled() else f.exception())
             for i, f in enumerate(futures)
