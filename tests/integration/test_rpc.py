@@ -20,6 +20,7 @@ import pytest
 import hutch
 from hutch.memory import get_broker
 from hutch.patterns import RPC, MsgpackRPC, PickleRPC, UnsafeSerializerWarning
+from tests.support.rpc import observe_dead_letters
 
 WAIT = 10  # bound on waits for events that should come at once
 
@@ -354,22 +355,6 @@ async def test_cancelled_call_leaves_no_pending_future(url: str, name: str) -> N
         assert await caller.call(f"{name}.next", {"x": 2, "y": 3}) == 6
 
 
-async def _observe_dead_letters(channel: hutch.Channel, name: str) -> asyncio.Queue[Any]:
-    """Collect what rpc.dlx receives from queue ``name`` (a headers exchange matching all)."""
-    observed: asyncio.Queue[hutch.IncomingMessage] = asyncio.Queue()
-    watch = f"{name}.dead"
-    await channel.exchange_declare("rpc.dlx", "headers", auto_delete=True)
-    await channel.queue_declare(watch, auto_delete=True)
-    await channel.queue_bind(watch, "rpc.dlx", "", arguments={"x-match": "all"})
-
-    def keep(message: hutch.IncomingMessage) -> None:
-        if message.routing_key == name:
-            observed.put_nowait(message)
-
-    await channel.consume(watch, keep, no_ack=True)
-    return observed
-
-
 async def test_callee_does_not_run_a_call_that_expired_waiting(url: str, name: str) -> None:
     """A call whose deadline passed while it waited in the queue is dropped by the broker
     (dead-lettered to rpc.dlx), never run."""
@@ -386,7 +371,7 @@ async def test_callee_does_not_run_a_call_that_expired_waiting(url: str, name: s
 
     async with rpc_pair(url, concurrency=1) as (caller, callee):
         await callee.register(name, work, auto_delete=True)
-        observed = await _observe_dead_letters(caller.channel, name)
+        observed = await observe_dead_letters(caller.channel, name)
         first = asyncio.ensure_future(caller.call(name, {"n": 1}))
         await asyncio.wait_for(started.wait(), WAIT)
         with pytest.raises(hutch.CallTimeout):

@@ -13,6 +13,7 @@ from aio_pika.patterns.rpc import JsonRPCError
 
 import hutch
 from hutch.patterns import RPC
+from tests.support.rpc import observe_dead_letters
 
 WAIT = 10
 
@@ -96,24 +97,6 @@ async def test_aio_pika_caller_sees_its_expired_call_dead_lettered_by_a_hutch_ca
     assert ran == [1, 3]
 
 
-async def _observe_dead_letters(
-    channel: hutch.Channel, name: str
-) -> asyncio.Queue[hutch.IncomingMessage]:
-    """Collect what rpc.dlx receives from queue ``name`` (bound to match every message)."""
-    observed: asyncio.Queue[hutch.IncomingMessage] = asyncio.Queue()
-    watch = f"{name}.dead"
-    await channel.exchange_declare("rpc.dlx", "headers", auto_delete=True)
-    await channel.queue_declare(watch, auto_delete=True)
-    await channel.queue_bind(watch, "rpc.dlx", "", arguments={"x-match": "all"})
-
-    def keep(message: hutch.IncomingMessage) -> None:
-        if message.routing_key == name:
-            observed.put_nowait(message)
-
-    await channel.consume(watch, keep, no_ack=True)
-    return observed
-
-
 # -- hutch caller, aio-pika callee -----------------------------------------------------------
 
 
@@ -168,7 +151,7 @@ async def test_hutch_call_that_expires_at_an_aio_pika_callee_is_not_run(
                     caller.call(name, {"n": 2}, timeout=None, expiration=0.1), WAIT
                 )
         else:
-            dead = await _observe_dead_letters(caller.channel, name)
+            dead = await observe_dead_letters(caller.channel, name)
             with pytest.raises(hutch.CallTimeout):
                 await caller.call(name, {"n": 2}, timeout=0.2)
             expired = await asyncio.wait_for(dead.get(), WAIT)

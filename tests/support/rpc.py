@@ -1,0 +1,25 @@
+"""Helpers for the RPC tests."""
+
+from __future__ import annotations
+
+import asyncio
+
+import hutch
+
+
+async def observe_dead_letters(
+    channel: hutch.Channel, name: str
+) -> asyncio.Queue[hutch.IncomingMessage]:
+    """Collect what ``rpc.dlx`` receives from queue ``name`` (bound to match every message)."""
+    observed: asyncio.Queue[hutch.IncomingMessage] = asyncio.Queue()
+    watch = f"{name}.dead"
+    await channel.exchange_declare("rpc.dlx", "headers", auto_delete=True)
+    await channel.queue_declare(watch, auto_delete=True)
+    await channel.queue_bind(watch, "rpc.dlx", "", arguments={"x-match": "all"})
+
+    def keep(message: hutch.IncomingMessage) -> None:
+        if message.routing_key == name:
+            observed.put_nowait(message)
+
+    await channel.consume(watch, keep, no_ack=True)
+    return observed
