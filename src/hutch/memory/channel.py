@@ -300,9 +300,7 @@ class MemoryChannel(ChannelBase):
             raise self._fail(403, _DEFAULT_EXCHANGE, method)
         found_source = self._exchange(source, method)
         found_destination = self._exchange(destination, method)
-        args = dict(arguments or {})
-        self._check_binding_arguments(found_source, args, method)
-        self._broker.add_binding(found_source, found_destination, routing_key, args)
+        self._bind(found_source, found_destination, routing_key, arguments, method)
 
     async def exchange_unbind(
         self,
@@ -398,6 +396,18 @@ class MemoryChannel(ChannelBase):
         self._last_queue = name
         return QueueInfo(name, 0, 0)
 
+    def _bind(
+        self,
+        source: Exchange,
+        destination: Exchange | Queue,
+        routing_key: str,
+        arguments: dict[str, Any] | None,
+        method: str,
+    ) -> None:
+        args = dict(arguments or {})
+        self._check_binding_arguments(source, args, method)
+        self._broker.add_binding(source, destination, routing_key, args)
+
     def _check_binding_arguments(self, source: Exchange, args: dict[str, Any], method: str) -> None:
         if source.type != "headers" or "x-match" not in args:
             return
@@ -429,9 +439,7 @@ class MemoryChannel(ChannelBase):
             routing_key = self._queue_name(queue, method)
         found_exchange = self._exchange(exchange, method)
         found = self._queue(queue, method)
-        args = dict(arguments or {})
-        self._check_binding_arguments(found_exchange, args, method)
-        self._broker.add_binding(found_exchange, found, routing_key, args)
+        self._bind(found_exchange, found, routing_key, arguments, method)
 
     async def queue_unbind(
         self,
