@@ -17,13 +17,14 @@ log = logging.getLogger("hutch")
 
 
 class ChannelBase:
-    """State, return and close listeners, and ``async with`` for a channel."""
+    """State, return, close and error listeners, and ``async with`` for a channel."""
 
     _state: ChannelState
 
     def __init__(self) -> None:
         self._return_listeners: list[ReturnListener] = []
         self._close_listeners: list[CloseListener] = []
+        self._error_listeners: list[CloseListener] = []
 
     @property
     def state(self) -> ChannelState:
@@ -49,6 +50,15 @@ class ChannelBase:
     def remove_close_listener(self, listener: CloseListener) -> None:
         self._close_listeners.remove(listener)
 
+    def add_error_listener(self, listener: CloseListener) -> None:
+        """Call ``listener(channel, error)`` each time the broker closes the channel with an
+        error (a ``ChannelClosed``), also when a robust connection then reopens it: what was
+        in flight on it is lost, direct reply-to replies included."""
+        self._error_listeners.append(listener)
+
+    def remove_error_listener(self, listener: CloseListener) -> None:
+        self._error_listeners.remove(listener)
+
     def _notify_returned(self, error: Unroutable) -> None:
         for listener in list(self._return_listeners):
             try:
@@ -62,6 +72,13 @@ class ChannelBase:
                 listener(self, error)
             except Exception:
                 log.exception("a channel close listener raised")
+
+    def _notify_error(self, error: BaseException) -> None:
+        for listener in list(self._error_listeners):
+            try:
+                listener(self, error)
+            except Exception:
+                log.exception("a channel error listener raised")
 
     async def close(self) -> None:
         raise NotImplementedError

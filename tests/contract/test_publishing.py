@@ -201,3 +201,26 @@ async def test_close_listeners_and_callbacks_hear_of_the_close(env: Env) -> None
     await channel.close()
     await connection.close()
     assert heard == [("channel", None), ("connection", None)]
+
+
+@pytest.mark.parametrize("robust", [False, True], ids=["plain", "robust"])
+async def test_error_listeners_hear_of_every_channel_error(env: Env, robust: bool) -> None:
+    """A channel error reaches the channel's error listeners with the error, on a plain
+    connection (where close listeners hear of it too) and on a robust one (where the channel
+    reopens and is not closed for good)."""
+    connection = await env.connect(robust=robust)
+    channel = await connection.channel()
+    errors: list[BaseException] = []
+    closes: list[object] = []
+    channel.add_error_listener(lambda ch, error: errors.append(error))
+    channel.add_close_listener(lambda ch, error: closes.append(error))
+    with pytest.raises(hutch.NotFound):
+        await channel.queue_declare(env.queue("missing"), passive=True)
+    assert len(errors) == 1
+    assert isinstance(errors[0], hutch.NotFound)
+    assert errors[0].reply_code == 404
+    if robust:
+        assert closes == []
+        await channel.queue_declare(env.queue("after"))  # reopened
+    else:
+        assert closes == errors

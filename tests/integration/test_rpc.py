@@ -457,9 +457,45 @@ async def test_call_after_the_custom_exchange_was_auto_deleted(url: str, name: s
         await callee.register("m", multiply, auto_delete=True)
         assert await caller.call("m", {"x": 2, "y": 2}) == 4
         await callee.close()
-        with pytest.raises(hutch.NotFound, match="no callee registered for 'm': exchange"):
+        with pytest.raises(hutch.NotFound, match=f"'m' failed: exchange '{exchange}' does not"):
             await asyncio.wait_for(caller.call("m", {"x": 1, "y": 1}), WAIT)
         await caller.close()
+
+
+async def test_a_channel_error_fails_the_calls_waiting_on_it_at_once(
+    amqp_url: str, name: str
+) -> None:
+    """When the broker closes the calls' channel, a call already waiting for its reply fails at
+    once, not at its deadline: its reply would go to a direct reply-to address that is gone.
+    On a robust connection calls work again right after."""
+    exchange = f"{name}.ex"
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow() -> str:
+        started.set()
+        await release.wait()
+        return "late"
+
+    async with await hutch.connect_robust(amqp_url, reconnect_delay=0.1) as connection:
+        caller = await RPC.create(await connection.channel(), exchange=exchange, timeout=60)
+        callee = await RPC.create(await connection.channel(), exchange=exchange)
+        await callee.register("slow", slow, auto_delete=True)
+        waiting = asyncio.ensure_future(caller.call("slow"))
+        await asyncio.wait_for(started.wait(), WAIT)
+        other = await connection.channel()
+        await other.exchange_delete(exchange)
+        with pytest.raises(hutch.NotFound, match="'m' failed: exchange"):
+            await asyncio.wait_for(caller.call("m"), WAIT)
+        with pytest.raises(hutch.NotFound, match="'slow' failed: exchange"):
+            await asyncio.wait_for(waiting, WAIT)
+        assert caller.in_flight == 0
+        release.set()
+        await other.exchange_declare(exchange, "direct", auto_delete=True)
+        await other.queue_bind(f"{exchange}::slow", exchange, f"{exchange}::slow")
+        assert await asyncio.wait_for(caller.call("slow"), WAIT) == "late"
+        await caller.close()
+        await callee.close()
 
 
 async def test_robust_channel_redeclares_the_auto_deleted_exchange(

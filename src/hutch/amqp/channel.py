@@ -301,6 +301,7 @@ class Channel(ChannelBase):
         self._fail_inflight(error)
         if self._closed_error is not None or self._state is ChannelState.CLOSED:
             return
+        self._notify_error(error)
         robust = self._connection.robust
         if robust and self._state is ChannelState.OPEN and link is not None:
             self._state = ChannelState.OPENING

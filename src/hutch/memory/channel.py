@@ -145,6 +145,7 @@ class MemoryChannel(ChannelBase):
         (on a robust connection the channel stays usable, as the AMQP one reopens)."""
         error = channel_error(code, text, method)
         log.warning("channel %d: %s", self.number, error)
+        self._notify_error(error)
         if self._connection.robust:
             self._requeue_unacked()
             self._epoch += 1

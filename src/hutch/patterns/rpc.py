@@ -21,8 +21,9 @@ hutch and aio-pika programs call each other. What hutch adds:
   to declare, and measurably faster (``bench/rpc_reply_path.py``); ``reply_path="queue"`` gives an
   exclusive reply queue bound to ``rpc.dlx`` as aio-pika's.
 
-The caller never waits for the publisher confirm before its reply can arrive: the call finishes on
-whichever comes first, the reply or the confirm failing.
+The caller never waits for a publisher confirm before its reply can arrive: when the channel it
+is given has confirms, calls go out on a channel of the RPC object's own without them (a returned
+call is matched by its correlation id instead).
 """
 
 from __future__ import annotations
@@ -152,6 +153,13 @@ def _no_exchange(name: str, exchange: str, error: NotFound) -> NotFound:
     return translated
 
 
+async def _close_quietly(channel: Channel) -> None:
+    try:
+        await channel.close()
+    except HutchError as exc:
+        log.debug("closing the RPC's calls channel: %s", exc)
+
+
 def _retrieve(future: asyncio.Future[Any]) -> None:
     """Done callback for a publish nobody awaits: log its failure instead of warning later."""
     if not future.cancelled() and future.exception() is not None:
@@ -178,6 +186,7 @@ class _ReplyPath:
         self._lock = asyncio.Lock()
         self._on_return: Callable[[Unroutable], None] | None = None
         self._on_close: Callable[[Any, BaseException | None], None] | None = None
+        self._on_error: Callable[[Any, BaseException | None], None] | None = None
 
     def next_id(self) -> str:
         return f"{self._prefix}{next(self._ids)}"
@@ -207,6 +216,8 @@ class _ReplyPath:
                 channel.add_return_listener(self._on_return)
             self._on_close = functools.partial(_path_channel_closed, ref)
             channel.add_close_listener(self._on_close)
+            self._on_error = functools.partial(_path_channel_error, ref)
+            channel.add_error_listener(self._on_error)
             _watch_connection(self)
 
     async def bind_dlx(self) -> None:
@@ -277,6 +288,8 @@ class _ReplyPath:
             return
         if self._on_close is not None:
             self.channel.remove_close_listener(self._on_close)
+        if self._on_error is not None:
+            self.channel.remove_error_listener(self._on_error)
         if self._on_return is not None:
             self.channel.remove_return_listener(self._on_return)
         try:
@@ -305,16 +318,43 @@ def _path_channel_closed(ref: weakref.ref[_ReplyPath], channel: Any, error: Any)
         del _direct_paths[id(path.channel)]
     path.closed = True
     path.consumer_tag = None
+    _fail_soon(path, error)
+
+
+def _path_channel_error(ref: weakref.ref[_ReplyPath], channel: Any, error: Any) -> None:
+    """The broker closed the reply channel: replies to the calls pending on it are lost (a
+    robust channel reopens, but under a new direct reply-to address)."""
+    path = ref()
+    if path is not None and not path.closed:
+        _fail_soon(path, error)
+
+
+def _fail_soon(path: _ReplyPath, error: BaseException | None) -> None:
     reason = f" ({error})" if error else ""
-    # One loop step later: a call whose publish made the broker close the channel gets the
-    # more precise error from its confirm future, whose callbacks were scheduled first.
-    asyncio.get_running_loop().call_soon(
-        path.fail_all,
-        lambda call: ConnectionClosed(
+
+    def make_error(call: _Call) -> BaseException:
+        if isinstance(error, NotFound) and call.rpc.exchange:
+            # A call to the custom exchange after the broker auto-deleted it; which of the
+            # pending calls hit it first is not known without publisher confirms.
+            translated = NotFound(error.reply_code, error.reply_text, method=error.method)
+            translated.args = (
+                f"the call to {call.name!r} failed: exchange {call.rpc.exchange!r} does not "
+                "exist, so no callee is registered behind it (the broker auto-deletes it when "
+                f"its last callee leaves), and the broker closed the calls' channel "
+                f"({error.reply_code} {error.reply_text}), which loses the replies of every "
+                "call waiting on it (a callee may have run one it took before); on a robust "
+                "connection the channel comes back and declares the exchange again",
+            )
+            return translated
+        return ConnectionClosed(
             f"the channel of this RPC object was closed{reason} while the call to {call.name!r} "
             "waited for its reply; the callee may or may not have run it"
-        ),
-    )
+        )
+
+    # One loop step later: a call whose publish made the broker close a channel with
+    # publisher confirms gets the more precise error from its confirm future, whose callbacks
+    # were scheduled first.
+    asyncio.get_running_loop().call_soon(path.fail_all, make_error)
 
 
 # The reply paths on each connection, failed together when it drops: one disconnect callback
@@ -386,8 +426,10 @@ class RPC(Serializing):
     One object can be a caller (``call``, ``proxy``), a callee (``register``), or both.
 
     Args:
-        channel: the channel calls are published on and replies consumed from. A callee opens a
-            channel of its own on the same connection for its consumers.
+        channel: the channel calls are published on and replies consumed from; when it has
+            publisher confirms, calls and replies use a channel without them that this object
+            opens on the same connection (and closes with it). A callee opens a channel of its
+            own on the same connection for its consumers.
         exchange: a direct exchange to publish calls to (declared auto-delete, as aio-pika does);
             queues are then named ``"<exchange>::<name>"``. Default: the default exchange.
         timeout: the deadline of a call that does not pass ``timeout=``, in seconds (default 60);
@@ -440,6 +482,7 @@ class RPC(Serializing):
             self._register_exception(cls)
         self._state = _State.NEW
         self._replies: _ReplyPath | None = None
+        self._caller_channel = channel  # where calls go: see _start
         self._callee_channel: Channel | None = None
         self._callee_lock = asyncio.Lock()
         self._routes: dict[str, _Route] = {}
@@ -478,18 +521,33 @@ class RPC(Serializing):
         if self._state is not _State.NEW:
             return
         self._loop = asyncio.get_running_loop()
-        if self.exchange:
-            await self.channel.exchange_declare(self.exchange, "direct", auto_delete=True)
-        path = _direct_path(self.channel) if self.reply_path == "direct" else None
-        if path is None:
-            path = _ReplyPath(self.channel, direct=False)
-        path.users += 1
+        channel = self.channel
+        if channel.publisher_confirms:
+            # Calls go out on a channel of this object's own, without publisher confirms: a
+            # call needs none before its reply can come (a returned call still fails at once,
+            # by its correlation id), and a confirm per call costs the caller a second wake-up
+            # per call that measurably slows every round trip (docs/benchmarks.md).
+            channel = await channel.connection.channel(publisher_confirms=False)
+        self._caller_channel = channel
         try:
-            await path.open()
+            if self.exchange:
+                # On the calls' channel, so that it declares the exchange again when it
+                # reopens after publishing to the exchange once the broker auto-deleted it.
+                await channel.exchange_declare(self.exchange, "direct", auto_delete=True)
+            path = _direct_path(channel) if self.reply_path == "direct" else None
+            if path is None:
+                path = _ReplyPath(channel, direct=False)
+            path.users += 1
+            try:
+                await path.open()
+            except BaseException:
+                path.users -= 1
+                if path.users == 0:
+                    await path.close()
+                raise
         except BaseException:
-            path.users -= 1
-            if path.users == 0:
-                await path.close()
+            if channel is not self.channel:
+                await _close_quietly(channel)
             raise
         self._replies = path
         self._state = _State.OPEN
@@ -549,6 +607,8 @@ class RPC(Serializing):
             path.users -= 1
             if path.users <= 0:
                 await path.close()
+        if self._caller_channel is not self.channel:
+            await _close_quietly(self._caller_channel)
         if self._serving:
             _done, running = await asyncio.wait(set(self._serving), timeout=timeout)
             for task in running:
@@ -601,7 +661,8 @@ class RPC(Serializing):
                 f"this RPC object is {self._state.value}: use `await RPC.create(channel)` "
                 "(and do not call after close())"
             )
-        if self.channel.is_closed:
+        channel = self._caller_channel
+        if self.channel.is_closed or channel.is_closed:
             raise ConnectionClosed(
                 f"the channel of this RPC object is closed, so {name!r} cannot be called; open "
                 "a channel and create the RPC object again (connect_robust restores channels)"
@@ -647,7 +708,7 @@ class RPC(Serializing):
         )
         path.pending[cid] = call
         try:
-            confirm = self.channel.publish_nowait(
+            confirm = channel.publish_nowait(
                 message, self._routing_key(name), exchange=self.exchange, mandatory=True
             )
         except BaseException:
