@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 import hutch
+from hutch.memory import get_broker
 from hutch.patterns import Master, NackMessage, RejectMessage, Retry
 from hutch.patterns.master import (
     DEFAULT_PREFETCH,
@@ -496,6 +497,70 @@ async def test_close_waits_for_handlers_in_flight(master: Master, name: str) -> 
     info = await master.channel.queue_declare(name, passive=True)
     assert info.message_count == 0
     await worker.close()  # idempotent
+
+
+async def test_close_sends_the_acks_it_holds(
+    master: Master, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker batches acks for up to ``ACK_DELAY``; ``close()`` sends the ones it holds, so
+    no handled task goes back to the queue (here the delay is an hour: only close acks)."""
+    monkeypatch.setattr("hutch.patterns.master.ACK_DELAY", 3600.0)
+    handled: list[int] = []
+    all_done = asyncio.Event()
+
+    async def task(*, i: int) -> None:
+        handled.append(i)
+        if len(handled) == 5:
+            all_done.set()
+
+    worker = await master.create_worker(name, task)
+    await master.create_tasks(name, [{"i": i} for i in range(5)])
+    await asyncio.wait_for(all_done.wait(), WAIT)
+    await asyncio.wait_for(worker.close(), WAIT)
+    info = await master.channel.queue_declare(name, passive=True)
+    assert info.message_count == 0
+    assert sorted(handled) == list(range(5))
+
+
+async def test_acks_of_a_burst_go_out_when_half_the_prefetch_waits(
+    master: Master, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a prefetch of 4, acks are sent two at a time even if the delay never ends: the
+    broker keeps delivering, so a burst of tasks is handled with no timer involved."""
+    monkeypatch.setattr("hutch.patterns.master.ACK_DELAY", 3600.0)
+    handled: list[int] = []
+    all_done = asyncio.Event()
+
+    async def task(*, i: int) -> None:
+        handled.append(i)
+        if len(handled) == 40:
+            all_done.set()
+
+    worker = await master.create_worker(name, task, prefetch_count=4)
+    await master.create_tasks(name, [{"i": i} for i in range(40)])
+    await asyncio.wait_for(all_done.wait(), WAIT)
+    assert sorted(handled) == list(range(40))
+    await worker.close()
+
+
+async def test_a_held_ack_goes_out_after_the_delay_without_close(name: str) -> None:
+    """One task handled by an idle worker is acked within ``ACK_DELAY``: the embedded broker's
+    ``join`` (which waits for unacked deliveries too) returns while the worker still runs."""
+    broker = f"acks-{uuid.uuid4().hex}"
+    async with await hutch.connect(f"memory://{broker}") as connection:
+        master = Master(await connection.channel())
+        ran = asyncio.Event()
+
+        async def task() -> None:
+            ran.set()
+
+        worker = await master.create_worker(name, task)
+        await master.create_task(name)
+        await asyncio.wait_for(ran.wait(), WAIT)
+        await get_broker(broker).join(name, timeout=WAIT)
+        assert worker.state.value == "running"
+        await worker.close()
+    get_broker(broker).reset()
 
 
 async def test_close_gives_up_on_handlers_after_its_timeout(master: Master, name: str) -> None:

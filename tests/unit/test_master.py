@@ -6,6 +6,7 @@ import asyncio
 import gc
 import json
 import types
+from collections.abc import Awaitable
 from typing import Any, cast
 
 import msgpack
@@ -13,6 +14,7 @@ import pytest
 
 import hutch
 from hutch.abc import Channel
+from hutch.message import _DONE
 from hutch.patterns import (
     JsonMaster,
     Master,
@@ -91,8 +93,10 @@ class FakeMessage:
         self.app_id = None
         self.settled: list[tuple[str, bool | None]] = []
 
-    async def ack(self) -> None:
+    def ack(self) -> Awaitable[None]:
+        """As ``IncomingMessage.ack``: settles at once, returns an already-done awaitable."""
         self.settled.append(("ack", None))
+        return _DONE
 
     async def nack(self, *, requeue: bool = True) -> None:
         self.settled.append(("nack", requeue))
@@ -114,6 +118,7 @@ def make_worker(master: Master, func: Any, retry: Retry | None = None) -> Worker
         retry=retry or Retry(),
         executor=None,
         close_timeout=1.0,
+        prefetch_count=1,  # acks go out at once, not batched (see Worker._ack_later)
     )
 
 
