@@ -4,7 +4,9 @@ get, and channel errors that leave the connection usable."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -284,3 +286,42 @@ async def test_channel_close_is_idempotent_and_frees_the_number(connection: Conn
     again = await connection.channel()
     assert again.number == number
     await again.queue_declare("", exclusive=True)
+
+
+_DELIVERY: contextvars.ContextVar[bytes] = contextvars.ContextVar("delivery")
+
+
+async def test_each_async_callback_runs_in_a_task_and_context_of_its_own(
+    channel: Channel, name: str
+) -> None:
+    """However the channel starts them (eagerly on Python 3.12+), ``async def`` callbacks each
+    run in a task of their own with their own copy of the context: what one delivery sets is
+    not seen by the next, even when a callback waits and finishes after the next one ran."""
+    await channel.queue_declare(name, auto_delete=True)
+    first_waits = asyncio.Event()
+    seen: list[tuple[bytes, bytes | None, bytes, asyncio.Task[Any] | None]] = []
+    done = asyncio.Event()
+
+    async def on_message(message: hutch.IncomingMessage) -> None:
+        before = _DELIVERY.get(None)
+        _DELIVERY.set(message.body)
+        if message.body == b"1":
+            await first_waits.wait()  # the second delivery runs meanwhile
+        else:
+            first_waits.set()
+        seen.append((message.body, before, _DELIVERY.get(), asyncio.current_task()))
+        await message.ack()
+        if len(seen) == 2:
+            done.set()
+
+    await channel.consume(name, on_message)
+    await channel.publish(b"1", name)
+    await channel.publish(b"2", name)
+    await asyncio.wait_for(done.wait(), 5)
+    assert [(body, before, after) for body, before, after, _task in seen] == [
+        (b"2", None, b"2"),
+        (b"1", None, b"1"),
+    ]
+    tasks = [task for *_rest, task in seen]
+    assert None not in tasks
+    assert tasks[0] is not tasks[1]

@@ -18,6 +18,7 @@ import inspect
 import itertools
 import logging
 import os
+import sys
 import time
 import types
 from collections import deque
@@ -58,6 +59,23 @@ _TAG_PREFIX = f"hutch.{os.getpid()}.{os.urandom(3).hex()}"
 
 
 _CoroutineType = types.CoroutineType
+
+if sys.version_info >= (3, 12):
+
+    def _start_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]) -> Any:
+        """A consumer callback's task, started eagerly: it runs at once, inside this read, up
+        to its first real wait, and costs no task scheduling at all if it never waits (an
+        ``async def`` callback that just acks). The loop's own task factory, if set, wins."""
+        if loop.get_task_factory() is None:
+            return asyncio.Task(coro, loop=loop, eager_start=True)
+        return loop.create_task(coro)
+
+else:
+
+    def _start_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]) -> Any:
+        """A consumer callback's task (Python 3.11 has no eager tasks: it starts next loop
+        iteration)."""
+        return loop.create_task(coro)
 
 
 def _as_message(message: object, what: str) -> Message:
@@ -568,8 +586,9 @@ class Channel(ChannelBase):
             if result is _DONE or not inspect.isawaitable(result):
                 return
             result = _await(result)
-        task = self._loop.create_task(self._guard(result))
-        self._tasks.add(task)
+        task = _start_task(self._loop, self._guard(result))
+        if not task.done():
+            self._tasks.add(task)
 
     async def _guard(self, coro: Coroutine[Any, Any, Any]) -> None:
         # One coroutine frame instead of a done callback: no extra loop callback per delivery.
