@@ -86,6 +86,15 @@ def _as_message(message: object, what: str) -> Message:
     raise TypeError(f"{what}() takes a hutch.Message or bytes, not {message.__class__.__name__}")
 
 
+def _binding_key(
+    kind: str, destination: str, source: str, routing_key: str, arguments: dict[str, Any] | None
+) -> tuple[str, str, str, str, str]:
+    """How the topology record keys a binding: kind ``"q"`` (a queue bound to an exchange) or
+    ``"x"`` (an exchange bound to an exchange), then destination, source, routing key and
+    arguments (the deletes below match on the first three)."""
+    return (kind, destination, source, routing_key, repr(arguments))
+
+
 async def _await(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
@@ -139,7 +148,7 @@ class Channel(ChannelBase):
         self._qos: spec.Basic.Qos | None = None
         self._exchanges: dict[str, spec.Exchange.Declare] = {}
         self._queues: dict[str, spec.Queue.Declare] = {}
-        self._bindings: dict[tuple[Any, ...], spec.Queue.Bind | spec.Exchange.Bind] = {}
+        self._bindings: dict[tuple[str, ...], spec.Queue.Bind | spec.Exchange.Bind] = {}
         self._consumers: dict[str, _Consumer] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._publish_frames: dict[tuple[str, str, bool], bytes] = {}
@@ -720,7 +729,7 @@ class Channel(ChannelBase):
             destination=destination, source=source, routing_key=routing_key, arguments=arguments
         )
         await self._rpc(method)
-        self._bindings[("x", destination, source, routing_key, repr(arguments))] = method
+        self._bindings[_binding_key("x", destination, source, routing_key, arguments)] = method
 
     async def exchange_unbind(
         self,
@@ -735,7 +744,7 @@ class Channel(ChannelBase):
             destination=destination, source=source, routing_key=routing_key, arguments=arguments
         )
         await self._rpc(method)
-        self._bindings.pop(("x", destination, source, routing_key, repr(arguments)), None)
+        self._bindings.pop(_binding_key("x", destination, source, routing_key, arguments), None)
 
     async def queue_declare(
         self,
@@ -782,7 +791,7 @@ class Channel(ChannelBase):
             queue=queue, exchange=exchange, routing_key=routing_key, arguments=arguments
         )
         await self._rpc(method)
-        self._bindings[("q", queue, exchange, routing_key, repr(arguments))] = method
+        self._bindings[_binding_key("q", queue, exchange, routing_key, arguments)] = method
 
     async def queue_unbind(
         self,
@@ -797,7 +806,7 @@ class Channel(ChannelBase):
             queue=queue, exchange=exchange, routing_key=routing_key, arguments=arguments
         )
         await self._rpc(method)
-        self._bindings.pop(("q", queue, exchange, routing_key, repr(arguments)), None)
+        self._bindings.pop(_binding_key("q", queue, exchange, routing_key, arguments), None)
 
     async def queue_purge(self, queue: str) -> int:
         """Remove every ready message from ``queue``; return how many."""

@@ -1149,14 +1149,17 @@ class MemoryBroker:
             destination.incoming.add(binding)
         source.changed()
 
-    def find_binding(
+    def unbind(
         self,
         source: Exchange,
         destination: Queue | Exchange,
         routing_key: str,
         arguments: dict[str, Any],
-    ) -> Binding | None:
-        return source.bindings.get(binding_key(destination, routing_key, arguments))
+    ) -> None:
+        """Remove that binding, if there is one (a missing one is not an error)."""
+        binding = source.bindings.get(binding_key(destination, routing_key, arguments))
+        if binding is not None:
+            self.remove_binding(binding)
 
     def remove_binding(self, binding: Binding) -> None:
         source = binding.source

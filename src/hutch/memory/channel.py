@@ -321,11 +321,7 @@ class MemoryChannel(ChannelBase):
         found_destination = broker.exchange(destination)
         if found_source is None or found_destination is None:
             return
-        binding = broker.find_binding(
-            found_source, found_destination, routing_key, dict(arguments or {})
-        )
-        if binding is not None:
-            broker.remove_binding(binding)
+        broker.unbind(found_source, found_destination, routing_key, dict(arguments or {}))
 
     async def queue_declare(
         self,
@@ -461,9 +457,7 @@ class MemoryChannel(ChannelBase):
         if found is None or found_exchange is None:
             return
         self._check_exclusive(found, method)
-        binding = broker.find_binding(found_exchange, found, routing_key, dict(arguments or {}))
-        if binding is not None:
-            broker.remove_binding(binding)
+        broker.unbind(found_exchange, found, routing_key, dict(arguments or {}))
 
     async def queue_purge(self, queue: str) -> int:
         """Remove every ready message from ``queue``; return how many."""
