@@ -40,7 +40,7 @@ from hutch.exceptions import (
     HutchError,
     Unroutable,
 )
-from hutch.message import DeliveryMode, IncomingMessage, Message
+from hutch.message import PROPERTY_NAMES, DeliveryMode, IncomingMessage, Message
 from hutch.patterns.base import (
     MsgpackMixin,
     PickleMixin,
@@ -93,23 +93,9 @@ HEADER_QUEUE: Final = "hutch-queue"
 _MAX_MESSAGE_CHARS = 2000
 _MAX_TRACEBACK_CHARS = 8000
 _QUEUE_OPTIONS = frozenset({"durable", "exclusive", "passive", "auto_delete", "arguments"})
-# Options of a task message that create_task passes on to ``Message``.
-_MESSAGE_OPTIONS = frozenset(
-    {
-        "content_encoding",
-        "headers",
-        "delivery_mode",
-        "priority",
-        "correlation_id",
-        "reply_to",
-        "expiration",
-        "message_id",
-        "timestamp",
-        "type",
-        "user_id",
-        "app_id",
-    }
-)
+# Options of a task message that create_task passes on to ``Message``: every property but the
+# content type, which the serializer sets.
+_MESSAGE_OPTIONS = frozenset(PROPERTY_NAMES) - {"content_type"}
 _BATCH_YIELD = 1000
 
 
