@@ -1,8 +1,10 @@
-"""What every channel has, whatever its transport: a state, listeners, ``async with``.
+"""What every channel and connection has, whatever its transport: a state, listeners or
+callbacks, ``async with``.
 
 ``hutch.amqp.Channel`` and ``hutch.memory.MemoryChannel`` both build on ``ChannelBase``, so the
 listener semantics (called in order, a raising listener is logged and the others still run)
-live in one place.
+live in one place; ``hutch.amqp.Connection`` and ``hutch.memory.MemoryConnection`` on
+``ConnectionBase``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,15 @@ from __future__ import annotations
 import logging
 from typing import Any, Self
 
-from hutch.abc import ChannelState, CloseListener, ReturnListener
+from hutch.abc import (
+    ChannelState,
+    CloseCallback,
+    CloseListener,
+    ConnectionCallback,
+    ConnectionState,
+    DisconnectCallback,
+    ReturnListener,
+)
 from hutch.exceptions import Unroutable
 
 log = logging.getLogger("hutch")
@@ -81,6 +91,58 @@ class ChannelBase:
                 log.exception("a channel error listener raised")
 
     async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+
+class ConnectionBase:
+    """State, reconnect, disconnect and close callbacks, and ``async with`` for a connection.
+
+    The transport runs the callbacks (a memory connection is never lost, so it only ever runs
+    its close callbacks).
+    """
+
+    _state: ConnectionState
+
+    def __init__(self) -> None:
+        self._reconnect_callbacks: list[ConnectionCallback] = []
+        self._disconnect_callbacks: list[DisconnectCallback] = []
+        self._close_callbacks: list[CloseCallback] = []
+
+    @property
+    def state(self) -> ConnectionState:
+        """``CONNECTED``, ``RECONNECTING`` (robust only), ``CLOSING`` or ``CLOSED``."""
+        return self._state
+
+    @property
+    def is_closed(self) -> bool:
+        """True once the connection is closed for good (lost without ``robust``, or closed)."""
+        return self._state is ConnectionState.CLOSED
+
+    @property
+    def is_connected(self) -> bool:
+        return self._state is ConnectionState.CONNECTED
+
+    def add_reconnect_callback(self, callback: ConnectionCallback) -> None:
+        """Call ``callback(connection)`` after each successful reconnect and restore."""
+        self._reconnect_callbacks.append(callback)
+
+    def add_disconnect_callback(self, callback: DisconnectCallback) -> None:
+        """Call ``callback(connection, error)`` each time the connection to the broker is lost
+        (a robust connection then reconnects; by then every waiter has had the error)."""
+        self._disconnect_callbacks.append(callback)
+
+    def add_close_callback(self, callback: CloseCallback) -> None:
+        """Call ``callback(connection, error)`` when the connection closes for good (``error``
+        is ``None`` after ``close()``)."""
+        self._close_callbacks.append(callback)
+
+    async def close(self, reason: str = "") -> None:
         raise NotImplementedError
 
     async def __aenter__(self) -> Self:

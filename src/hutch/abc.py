@@ -46,6 +46,9 @@ class QueueInfo(NamedTuple):
 ConsumerCallback = Callable[["IncomingMessage"], Awaitable[None] | None]
 ReturnListener = Callable[["Unroutable"], None]
 CloseListener = Callable[[Any, BaseException | None], None]
+ConnectionCallback = Callable[[Any], Awaitable[None] | None]
+DisconnectCallback = Callable[[Any, BaseException], Awaitable[None] | None]
+CloseCallback = Callable[[Any, BaseException | None], Awaitable[None] | None]
 
 
 class Channel(Protocol):
@@ -215,15 +218,11 @@ class Connection(Protocol):
 
     async def channel(self, *, publisher_confirms: bool = True) -> Channel: ...
 
-    def add_reconnect_callback(self, callback: Callable[[Any], Awaitable[None] | None]) -> None: ...
+    def add_reconnect_callback(self, callback: ConnectionCallback) -> None: ...
 
-    def add_disconnect_callback(
-        self, callback: Callable[[Any, BaseException], Awaitable[None] | None]
-    ) -> None: ...
+    def add_disconnect_callback(self, callback: DisconnectCallback) -> None: ...
 
-    def add_close_callback(
-        self, callback: Callable[[Any, BaseException | None], Awaitable[None] | None]
-    ) -> None: ...
+    def add_close_callback(self, callback: CloseCallback) -> None: ...
 
     async def close(self, reason: str = ...) -> None: ...
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from pamqp import commands as spec
 
+from hutch._listeners import ConnectionBase
 from hutch.abc import ConnectionState
 from hutch.amqp import frames
 from hutch.amqp.channel import Channel
@@ -41,10 +42,6 @@ from hutch.exceptions import (
 
 log = logging.getLogger("hutch")
 
-ConnectionCallback = Callable[["Connection"], Awaitable[None] | None]
-CloseCallback = Callable[["Connection", BaseException | None], Awaitable[None] | None]
-DisconnectCallback = Callable[["Connection", BaseException], Awaitable[None] | None]
-
 # How long to wait for the broker's close-ok, then for the socket to close, when closing.
 _CLOSE_TIMEOUT = 3.0
 # The least time a restore retries a queue or consumer the old connection still holds
@@ -61,7 +58,7 @@ def _version() -> str:
     return __version__
 
 
-class Connection:
+class Connection(ConnectionBase):
     """A connection to a RabbitMQ broker. Use ``hutch.connect`` or ``hutch.connect_robust``."""
 
     def __init__(
@@ -76,6 +73,7 @@ class Connection:
         reconnect_timeout: float = 15.0,
         initial_connect_timeout: float = 15.0,
     ) -> None:
+        super().__init__()
         if not endpoints:
             raise ValueError("connect_robust() needs at least one broker URL")
         for name, value in (
@@ -108,9 +106,6 @@ class Connection:
         self._ready = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._close_task: asyncio.Task[None] | None = None
-        self._reconnect_callbacks: list[ConnectionCallback] = []
-        self._close_callbacks: list[CloseCallback] = []
-        self._disconnect_callbacks: list[DisconnectCallback] = []
         self._error: BaseException | None = None
         # Failed attempts in a row; kept across short-lived connections so a broker that
         # accepts and then drops us at once is not hammered.
@@ -126,40 +121,6 @@ class Connection:
     def url(self) -> str:
         """The broker currently (or last) in use, password masked."""
         return self._endpoints[self._endpoint_index].safe_url
-
-    @property
-    def state(self) -> ConnectionState:
-        """``CONNECTED``, ``RECONNECTING`` (robust only), ``CLOSING`` or ``CLOSED``."""
-        return self._state
-
-    @property
-    def is_closed(self) -> bool:
-        """True once the connection is closed for good (lost without ``robust``, or closed)."""
-        return self._state is ConnectionState.CLOSED
-
-    @property
-    def is_connected(self) -> bool:
-        return self._state is ConnectionState.CONNECTED
-
-    def add_reconnect_callback(self, callback: ConnectionCallback) -> None:
-        """Call ``callback(connection)`` after each successful reconnect and restore."""
-        self._reconnect_callbacks.append(callback)
-
-    def add_disconnect_callback(self, callback: DisconnectCallback) -> None:
-        """Call ``callback(connection, error)`` each time the connection to the broker is lost
-        (a robust connection then reconnects; by then every waiter has had the error)."""
-        self._disconnect_callbacks.append(callback)
-
-    def add_close_callback(self, callback: CloseCallback) -> None:
-        """Call ``callback(connection, error)`` when the connection closes for good (``error``
-        is ``None`` after ``close()``)."""
-        self._close_callbacks.append(callback)
-
-    async def __aenter__(self) -> Connection:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     # -- connecting -------------------------------------------------------------------------
 

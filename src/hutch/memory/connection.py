@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
+from hutch._listeners import ConnectionBase
 from hutch.abc import ConnectionState
 from hutch.exceptions import ConnectionClosed
 from hutch.memory.broker import MemoryBroker, get_broker, parse_name
 from hutch.memory.channel import MemoryChannel
 
 log = logging.getLogger("hutch")
-
-ConnectionCallback = Callable[[Any], Awaitable[None] | None]
-CloseCallback = Callable[[Any, BaseException | None], Awaitable[None] | None]
-DisconnectCallback = Callable[[Any, BaseException], Awaitable[None] | None]
 
 # What hutch.amqp.connect / connect_robust accept: taken, and meaningless in memory, so that a
 # program can switch between amqp:// and memory:// by its URL alone.
@@ -37,7 +33,7 @@ _AMQP_OPTIONS = frozenset(
 _CHANNEL_MAX = 2047
 
 
-class MemoryConnection:
+class MemoryConnection(ConnectionBase):
     """A connection to an in-process ``MemoryBroker``. It never disconnects: the reconnect and
     disconnect callbacks are kept and never called."""
 
@@ -48,6 +44,7 @@ class MemoryConnection:
         robust: bool = False,
         client_properties: dict[str, Any] | None = None,
     ) -> None:
+        super().__init__()
         self.broker = broker
         self.robust = robust
         self.client_properties = dict(client_properties or {})
@@ -57,9 +54,6 @@ class MemoryConnection:
         self._channels: dict[int, MemoryChannel] = {}
         self._orphans: set[MemoryChannel] = set()
         self._close_task: asyncio.Task[None] | None = None
-        self._reconnect_callbacks: list[ConnectionCallback] = []
-        self._close_callbacks: list[CloseCallback] = []
-        self._disconnect_callbacks: list[DisconnectCallback] = []
 
     def __repr__(self) -> str:
         return f"<hutch.memory.MemoryConnection {self.url} {self._state.value}>"
@@ -67,36 +61,6 @@ class MemoryConnection:
     @property
     def url(self) -> str:
         return f"memory://{self.broker.name}"
-
-    @property
-    def state(self) -> ConnectionState:
-        return self._state
-
-    @property
-    def is_closed(self) -> bool:
-        return self._state is ConnectionState.CLOSED
-
-    @property
-    def is_connected(self) -> bool:
-        return self._state is ConnectionState.CONNECTED
-
-    def add_reconnect_callback(self, callback: ConnectionCallback) -> None:
-        """Kept for API compatibility: a memory connection never reconnects."""
-        self._reconnect_callbacks.append(callback)
-
-    def add_disconnect_callback(self, callback: DisconnectCallback) -> None:
-        """Kept for API compatibility: a memory connection is never lost."""
-        self._disconnect_callbacks.append(callback)
-
-    def add_close_callback(self, callback: CloseCallback) -> None:
-        """Call ``callback(connection, None)`` when the connection is closed."""
-        self._close_callbacks.append(callback)
-
-    async def __aenter__(self) -> MemoryConnection:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     async def channel(self, *, publisher_confirms: bool = True) -> MemoryChannel:
         """Open a new channel. With ``publisher_confirms`` (the default) ``publish`` raises
