@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from pamqp import commands as spec
@@ -33,10 +35,12 @@ from pamqp import frame as pamqp_frame
 from pamqp import header as pamqp_header
 
 import hutch
-from hutch.abc import ChannelState
 from hutch.amqp import frames
 from hutch.amqp.channel import Channel, _Consumer
 from hutch.amqp.link import Link
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.offline import open_offline_channel
 
 COUNT = 20000
 
@@ -57,24 +61,9 @@ class _Transport:
         return False
 
 
-class _Connection:
-    robust = False
-    reconnect_timeout = 1.0
-    _frame_max = 131072
-
-    def _forget_channel(self, channel: object) -> None:
-        pass
-
-
 def _setup() -> tuple[Link, Channel, _Transport]:
-    channels: dict[int, Channel] = {}
-    link = Link(channels, lambda *_: None, lambda *_: None, 131072)
     transport = _Transport()
-    link.transport = transport  # type: ignore[assignment]
-    channel = Channel(_Connection(), 1, True)  # type: ignore[arg-type]
-    channel._link = link
-    channel._state = ChannelState.OPEN
-    channels[1] = channel
+    link, channel = open_offline_channel(transport)
     return link, channel, transport
 
 
@@ -165,9 +154,6 @@ async def publish_one_by_one(message: hutch.Message) -> float:
 
 
 async def raw_one_by_one() -> float:
-    import sys
-    from pathlib import Path
-
     sys.path.insert(0, str(Path(__file__).parent))
     from raw_client import RawClient
 

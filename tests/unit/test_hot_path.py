@@ -22,10 +22,10 @@ from pamqp import frame as pamqp_frame
 from pamqp import header as pamqp_header
 
 import hutch
-from hutch.abc import ChannelState
 from hutch.amqp import frames
 from hutch.amqp.channel import Channel, _Consumer
 from hutch.amqp.link import Link
+from tests.support.offline import open_offline_channel
 
 
 class _Transport:
@@ -42,24 +42,9 @@ class _Transport:
         return False
 
 
-class _Connection:
-    robust = False
-    reconnect_timeout = 1.0
-    _frame_max = 131072
-
-    def _forget_channel(self, channel: object) -> None:
-        pass
-
-
 def _open_channel() -> tuple[Link, Channel, _Transport]:
-    channels: dict[int, Channel] = {}
-    link = Link(channels, lambda *_: None, lambda *_: None, 131072)
     transport = _Transport()
-    link.transport = transport  # type: ignore[assignment]
-    channel = Channel(_Connection(), 1, True)  # type: ignore[arg-type]
-    channel._link = link
-    channel._state = ChannelState.OPEN
-    channels[1] = channel
+    link, channel = open_offline_channel(transport)
     return link, channel, transport
 
 
