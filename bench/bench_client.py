@@ -114,25 +114,9 @@ async def _hutch_consume(ctx: harness.Context, sync: bool) -> None:
     async with await hutch.connect(ctx.url) as connection:
         channel = await connection.channel()
         await channel.set_qos(PREFETCH)
-        done = asyncio.get_running_loop().create_future()
-        left = ctx.count
-
-        async def on_message(message: hutch.IncomingMessage) -> None:
-            nonlocal left
-            await message.ack()
-            left -= 1
-            if not left:
-                done.set_result(None)
-
-        def on_message_sync(message: hutch.IncomingMessage) -> None:
-            nonlocal left
-            message.ack()
-            left -= 1
-            if not left:
-                done.set_result(None)
-
+        done, on_message = harness.acking_consumer(ctx.count, sync=sync)
         async with ctx.measure() as m:
-            tag = await channel.consume(ctx.queue, on_message_sync if sync else on_message)
+            tag = await channel.consume(ctx.queue, on_message)
             await done
             m.stop_clock()
             await channel.cancel(tag)

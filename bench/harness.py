@@ -44,6 +44,33 @@ Node = rabbitmq_node.Node
 LOOPS = ("asyncio", "uvloop")
 
 
+# -- a consumer that acks ----------------------------------------------------------------------
+
+
+def acking_consumer(count: int, *, sync: bool) -> tuple[asyncio.Future[None], Callable[..., Any]]:
+    """A hutch consumer callback that acks each delivery (a plain ``def`` calling
+    ``message.ack()`` if ``sync``, else an ``async def`` awaiting it), and a future that is done
+    after ``count`` deliveries."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    left = count
+
+    def on_message_sync(message: Any) -> None:
+        nonlocal left
+        message.ack()
+        left -= 1
+        if not left:
+            done.set_result(None)
+
+    async def on_message(message: Any) -> None:
+        nonlocal left
+        await message.ack()
+        left -= 1
+        if not left:
+            done.set_result(None)
+
+    return done, on_message_sync if sync else on_message
+
+
 # -- the broker ---------------------------------------------------------------------------------
 
 

@@ -34,6 +34,7 @@ from pamqp import commands as spec
 from pamqp import frame as pamqp_frame
 from pamqp import header as pamqp_header
 
+import harness
 import hutch
 from hutch.amqp import frames
 from hutch.amqp.channel import Channel, _Consumer
@@ -86,25 +87,9 @@ def _deliveries(tag: str, count: int, properties: spec.Basic.Properties) -> byte
 async def deliver_ack(sync: bool, properties: spec.Basic.Properties) -> float:
     link, channel, _transport = _setup()
     tag = "hutch.bench.1"
-    left = COUNT
-    done = asyncio.get_running_loop().create_future()
-
-    def on_sync(message: hutch.IncomingMessage) -> None:
-        nonlocal left
-        message.ack()
-        left -= 1
-        if not left:
-            done.set_result(None)
-
-    async def on_async(message: hutch.IncomingMessage) -> None:
-        nonlocal left
-        await message.ack()
-        left -= 1
-        if not left:
-            done.set_result(None)
-
+    done, on_message = harness.acking_consumer(COUNT, sync=sync)
     method = spec.Basic.Consume(queue="bench.q", consumer_tag=tag)
-    channel._consumers[tag] = _Consumer(method, on_sync if sync else on_async)
+    channel._consumers[tag] = _Consumer(method, on_message)
     stream = _deliveries(tag, COUNT, properties)
     start = time.process_time()
     for offset in range(0, len(stream), 65536):

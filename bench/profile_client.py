@@ -52,24 +52,8 @@ async def cycle(url: str, count: int, sync: bool) -> None:
         sub = await connection.channel()
         await pub.queue_declare(queue, auto_delete=True)
         await sub.set_qos(1000)
-        done = asyncio.get_running_loop().create_future()
-        left = count
-
-        async def on_message(message: hutch.IncomingMessage) -> None:
-            nonlocal left
-            await message.ack()
-            left -= 1
-            if not left:
-                done.set_result(None)
-
-        def on_message_sync(message: hutch.IncomingMessage) -> None:
-            nonlocal left
-            message.ack()
-            left -= 1
-            if not left:
-                done.set_result(None)
-
-        await sub.consume(queue, on_message_sync if sync else on_message)
+        done, on_message = harness.acking_consumer(count, sync=sync)
+        await sub.consume(queue, on_message)
         window: collections.deque[asyncio.Future[None]] = collections.deque()
         message = hutch.Message(BODY)
         for _ in range(count):
