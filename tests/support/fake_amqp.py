@@ -277,6 +277,16 @@ async def serve(conn: FakeConnection, hook: Hook | None = None) -> None:
             conn.send_method(channel, reply)
 
 
+def handshake_and_serve(hook: Hook | None = None, **handshake: Any) -> Script:
+    """The usual script: the handshake (``handshake`` are its options), then ``serve``."""
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.handshake(**handshake)
+        await serve(conn, hook)
+
+    return script
+
+
 async def _read_content(conn: FakeConnection) -> bytes:
     kind, _, payload = await conn.read_frame()
     assert kind == 2, kind

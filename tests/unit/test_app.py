@@ -12,7 +12,7 @@ import hutch.patterns
 from hutch.app import App
 from hutch.cli import CommandError, _call, build_parser, parse_arguments
 from hutch.patterns import Master, Retry
-from tests.support.fake_amqp import FakeBroker, FakeConnection, serve
+from tests.support.fake_amqp import FakeBroker, FakeConnection, handshake_and_serve
 
 
 async def resize(*, path: str) -> None:
@@ -145,11 +145,7 @@ async def test_call_command_reports_a_lost_connection_as_such_not_as_a_remote_er
             return True
         return False
 
-    async def script(conn: FakeConnection) -> None:
-        await conn.handshake()
-        await serve(conn, hook)
-
-    async with FakeBroker(script) as broker:
+    async with FakeBroker(handshake_and_serve(hook)) as broker:
         args = build_parser().parse_args(["call", "f", "--url", broker.url()])
         with pytest.raises(hutch.ConnectionLost):
             await asyncio.wait_for(_call(args), 10)

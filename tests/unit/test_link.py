@@ -16,6 +16,7 @@ from tests.support.fake_amqp import (
     FakeBroker,
     FakeConnection,
     content_frames,
+    handshake_and_serve,
     method_frame,
     raw_frame,
     serve,
@@ -35,11 +36,9 @@ async def forever() -> None:
 async def test_handshake_sends_plain_credentials_properties_and_negotiated_limits() -> None:
     """The client authenticates with PLAIN, names itself, and takes the smaller of each limit."""
 
-    async def script(conn: FakeConnection) -> None:
-        await conn.handshake(heartbeat=10, frame_max=65536, channel_max=100)
-        await serve(conn)
-
-    async with FakeBroker(script) as broker:
+    async with FakeBroker(
+        handshake_and_serve(heartbeat=10, frame_max=65536, channel_max=100)
+    ) as broker:
         url = broker.url("name=billing&heartbeat=5&frame_max=131072&channel_max=2047")
         async with await connect(url) as connection:
             conn = broker.connections[0]
@@ -64,11 +63,7 @@ async def test_handshake_sends_plain_credentials_properties_and_negotiated_limit
 async def test_client_properties_argument_sets_connection_name() -> None:
     """``client_properties={"connection_name": ...}`` (as the seed passes it) reaches the broker."""
 
-    async def script(conn: FakeConnection) -> None:
-        await conn.handshake()
-        await serve(conn)
-
-    async with FakeBroker(script) as broker:
+    async with FakeBroker(handshake_and_serve()) as broker:
         props = {"connection_name": "caller", "team": "payments"}
         async with await connect(broker.url(), client_properties=props):
             start_ok = broker.connections[0].start_ok
@@ -80,11 +75,10 @@ async def test_client_properties_argument_sets_connection_name() -> None:
 async def test_heartbeat_zero_in_url_turns_heartbeats_off() -> None:
     """``?heartbeat=0`` answers tune with heartbeat 0 whatever the broker proposed."""
 
-    async def script(conn: FakeConnection) -> None:
-        await conn.handshake(heartbeat=60)
-        await serve(conn)
-
-    async with FakeBroker(script) as broker, await connect(broker.url("heartbeat=0")) as conn:
+    async with (
+        FakeBroker(handshake_and_serve(heartbeat=60)) as broker,
+        await connect(broker.url("heartbeat=0")) as conn,
+    ):
         tune_ok = broker.connections[0].tune_ok
         assert tune_ok is not None
         assert tune_ok.heartbeat == 0
@@ -193,11 +187,10 @@ async def test_server_speaking_another_protocol_version_is_a_protocol_error() ->
 async def test_repr_of_connection_masks_the_password() -> None:
     """repr(connection) and connection.url show the broker but not the password."""
 
-    async def script(conn: FakeConnection) -> None:
-        await conn.handshake()
-        await serve(conn)
-
-    async with FakeBroker(script) as broker, await connect(broker.url(password=SECRET)) as conn:
+    async with (
+        FakeBroker(handshake_and_serve()) as broker,
+        await connect(broker.url(password=SECRET)) as conn,
+    ):
         assert SECRET not in repr(conn)
         assert SECRET not in conn.url
         assert f":{broker.port}/" in conn.url
@@ -209,11 +202,10 @@ async def test_repr_of_connection_masks_the_password() -> None:
 async def test_client_sends_heartbeats_when_idle() -> None:
     """With heartbeat 1 s an idle client sends heartbeat frames on its own."""
 
-    async def script(conn: FakeConnection) -> None:
-        await conn.handshake(heartbeat=1)
-        await serve(conn)
-
-    async with FakeBroker(script) as broker, await connect(broker.url("heartbeat=1")):
+    async with (
+        FakeBroker(handshake_and_serve(heartbeat=1)) as broker,
+        await connect(broker.url("heartbeat=1")),
+    ):
         conn = broker.connections[0]
         await asyncio.wait_for(conn.heartbeat_event.wait(), 3)
         assert conn.heartbeats >= 1
@@ -332,11 +324,7 @@ async def test_close_sends_the_reason_and_runs_close_callbacks() -> None:
             got.append(method)
         return False
 
-    async def script(conn: FakeConnection) -> None:
-        await conn.handshake()
-        await serve(conn, hook)
-
-    async with FakeBroker(script) as broker:
+    async with FakeBroker(handshake_and_serve(hook)) as broker:
         connection = await connect(broker.url())
         errors: list[BaseException | None] = []
         connection.add_close_callback(lambda _c, error: errors.append(error))
@@ -357,12 +345,7 @@ async def test_close_sends_the_reason_and_runs_close_callbacks() -> None:
 
 async def test_async_with_closes_the_connection() -> None:
     """Leaving ``async with connection`` closes it."""
-
-    async def script(conn: FakeConnection) -> None:
-        await conn.handshake()
-        await serve(conn)
-
-    async with FakeBroker(script) as broker:
+    async with FakeBroker(handshake_and_serve()) as broker:
         async with await connect(broker.url()) as connection:
             assert connection.is_connected
         assert connection.is_closed
@@ -447,11 +430,7 @@ async def test_close_from_a_consumer_callback_does_not_deadlock() -> None:
             return True
         return False
 
-    async def script(conn: FakeConnection) -> None:
-        await conn.handshake()
-        await serve(conn, hook)
-
-    async with FakeBroker(script) as broker:
+    async with FakeBroker(handshake_and_serve(hook)) as broker:
         connection = await connect(broker.url())
         channel = await connection.channel()
 
@@ -528,11 +507,7 @@ async def test_malformed_input_closes_the_connection_with_a_protocol_error(case:
             return True
         return False
 
-    async def script(conn: FakeConnection) -> None:
-        await conn.handshake(frame_max=4096)
-        await serve(conn, hook)
-
-    async with FakeBroker(script) as broker:
+    async with FakeBroker(handshake_and_serve(hook, frame_max=4096)) as broker:
         connection = await connect(broker.url())
         closed: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
         connection.add_close_callback(lambda _conn, error: closed.set_result(error))
@@ -554,12 +529,8 @@ async def test_robust_connection_reconnects_after_malformed_input() -> None:
             return True
         return False
 
-    async def script(conn: FakeConnection) -> None:
-        await conn.handshake()
-        await serve(conn, hook)
-
     async with (
-        FakeBroker(script) as broker,
+        FakeBroker(handshake_and_serve(hook)) as broker,
         await connect_robust(broker.url(), reconnect_delay=0.01) as connection,
     ):
         channel = await connection.channel()
@@ -639,11 +610,10 @@ async def test_cancel_cancelled_before_its_cancel_ok_keeps_the_consumer_until_th
             return True
         return False
 
-    async def script(conn: FakeConnection) -> None:
-        await conn.handshake()
-        await serve(conn, hook)
-
-    async with FakeBroker(script) as broker, await connect(broker.url()) as connection:
+    async with (
+        FakeBroker(handshake_and_serve(hook)) as broker,
+        await connect(broker.url()) as connection,
+    ):
         channel = await connection.channel()
         got = asyncio.Event()
         bodies: list[bytes] = []
@@ -752,12 +722,11 @@ async def test_a_second_close_waits_for_the_first_to_finish() -> None:
             return True
         return False
 
-    async def script(conn: FakeConnection) -> None:
-        await conn.handshake()
-        await serve(conn, hook)
-
     closed: list[object] = []
-    async with FakeBroker(script) as broker, await connect(broker.url()) as connection:
+    async with (
+        FakeBroker(handshake_and_serve(hook)) as broker,
+        await connect(broker.url()) as connection,
+    ):
         channel = await connection.channel()
         channel.add_close_listener(lambda ch, error: closed.append(error))
         first = asyncio.ensure_future(channel.close())

@@ -20,6 +20,7 @@ from tests.support.fake_amqp import (
     FakeConnection,
     close_channel,
     content_frames,
+    handshake_and_serve,
     serve,
 )
 
@@ -30,11 +31,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-async def plain(conn: FakeConnection) -> None:
-    await conn.handshake()
-    await serve(conn)
 
 
 def names(conn: FakeConnection, channel: int = 1) -> list[str]:
@@ -55,7 +51,7 @@ async def test_restore_replays_qos_confirms_topology_and_consumers_in_order() ->
     """After a reconnect each channel is reopened with, in order: confirm mode, QoS,
     exchanges, queues (a server-named one keeps its name), bindings, consumers; the consumer's
     callback and the return listener still work."""
-    async with FakeBroker(plain) as broker:
+    async with FakeBroker(handshake_and_serve()) as broker:
         connection = await connect_robust(broker.url(), **FAST)
         done = await reconnected(connection)
         channel = await connection.channel()
@@ -126,12 +122,8 @@ async def test_locked_exclusive_queue_and_consumer_are_retried(
             return True
         return False
 
-    async def script(conn: FakeConnection) -> None:
-        await conn.handshake()
-        await serve(conn, hook)
-
     caplog.set_level(logging.INFO, logger="hutch")
-    async with FakeBroker(script) as broker:
+    async with FakeBroker(handshake_and_serve(hook)) as broker:
         connection = await connect_robust(broker.url(), **FAST)
         done = await reconnected(connection)
         channel = await connection.channel()
@@ -164,11 +156,7 @@ async def test_lock_that_outlasts_the_bound_closes_only_that_channel(
             return True
         return False
 
-    async def script(conn: FakeConnection) -> None:
-        await conn.handshake()
-        await serve(conn, hook)
-
-    async with FakeBroker(script) as broker:
+    async with FakeBroker(handshake_and_serve(hook)) as broker:
         # heartbeat=0: the lock bound is then _LOCK_WAIT_MIN alone
         connection = await connect_robust(broker.url("heartbeat=0"), **FAST)
         done = await reconnected(connection)
@@ -209,11 +197,7 @@ async def test_stale_delivery_is_dropped_with_a_warning_not_acked_on_the_new_con
             return True
         return False
 
-    async def script(conn: FakeConnection) -> None:
-        await conn.handshake()
-        await serve(conn, hook)
-
-    async with FakeBroker(script) as broker:
+    async with FakeBroker(handshake_and_serve(hook)) as broker:
         connection = await connect_robust(broker.url(), **FAST)
         done = await reconnected(connection)
         channel = await connection.channel()
@@ -257,7 +241,7 @@ async def test_publish_during_a_reconnect_waits_and_goes_out_on_the_new_connecti
 async def test_publish_fails_in_time_when_the_broker_stays_away() -> None:
     """With the broker gone longer than reconnect_timeout, publish raises ConnectionLost
     after that bound (not at once, not never)."""
-    async with FakeBroker(plain) as broker:
+    async with FakeBroker(handshake_and_serve()) as broker:
         connection = await connect_robust(broker.url(), reconnect_timeout=0.5, **FAST)
         channel = await connection.channel()
         lost = asyncio.Event()
@@ -285,11 +269,7 @@ async def test_unconfirmed_publish_raises_when_the_connection_drops_then_succeed
             return True
         return False
 
-    async def script(conn: FakeConnection) -> None:
-        await conn.handshake()
-        await serve(conn, hook)
-
-    async with FakeBroker(script) as broker:
+    async with FakeBroker(handshake_and_serve(hook)) as broker:
         connection = await connect_robust(broker.url(), **FAST)
         channel = await connection.channel()
         with pytest.raises(hutch.ConnectionLost):
@@ -302,7 +282,7 @@ async def test_first_connect_retries_until_the_broker_comes_up() -> None:
     """connect_robust keeps trying while nothing listens yet (a service that starts before its
     broker) and connects once the broker is there."""
     port = free_port()
-    broker = FakeBroker(plain, port=port)
+    broker = FakeBroker(handshake_and_serve(), port=port)
 
     async def start_later() -> None:
         await asyncio.sleep(0.4)
@@ -376,7 +356,7 @@ async def test_refused_login_is_not_retried_by_the_first_connect() -> None:
 async def test_several_urls_are_tried_in_turn() -> None:
     """A list of URLs, or one URL naming several hosts, connects to the first that answers."""
     dead = free_port()
-    async with FakeBroker(plain) as broker:
+    async with FakeBroker(handshake_and_serve()) as broker:
         as_list = await connect_robust(
             [f"amqp://guest:guest@127.0.0.1:{dead}/", broker.url()], **FAST
         )
@@ -391,7 +371,10 @@ async def test_several_urls_are_tried_in_turn() -> None:
 async def test_losing_one_broker_moves_the_connection_to_the_next() -> None:
     """When the broker in use goes away, the reconnect goes to the next URL and restores the
     channels there."""
-    async with FakeBroker(plain) as first, FakeBroker(plain) as second:
+    async with (
+        FakeBroker(handshake_and_serve()) as first,
+        FakeBroker(handshake_and_serve()) as second,
+    ):
         connection = await connect_robust([first.url(), second.url()], **FAST)
         done = await reconnected(connection)
         channel = await connection.channel()
@@ -409,7 +392,7 @@ async def test_hooks_and_state_follow_a_reconnect_and_a_close() -> None:
     """Disconnect, reconnect and close callbacks run in that order; the state reads
     connected, reconnecting, connected, closed."""
     events: list[tuple[str, hutch.ConnectionState]] = []
-    async with FakeBroker(plain) as broker:
+    async with FakeBroker(handshake_and_serve()) as broker:
         connection = await connect_robust(broker.url(), **FAST)
         done = asyncio.Event()
         closed = asyncio.Event()
@@ -446,7 +429,7 @@ async def test_close_while_reconnecting_stops_and_releases_every_task() -> None:
     """close() during endless reconnect attempts returns promptly, fails the waiters with
     ConnectionClosed and leaves no hutch task behind."""
     before = hutch_tasks()
-    async with FakeBroker(plain) as broker:
+    async with FakeBroker(handshake_and_serve()) as broker:
         connection = await connect_robust(broker.url(), reconnect_timeout=30, **FAST)
         channel = await connection.channel()
         lost = asyncio.Event()
@@ -476,11 +459,7 @@ async def test_connection_lost_again_while_restoring_reconnects_once_more() -> N
             return True
         return False
 
-    async def script(conn: FakeConnection) -> None:
-        await conn.handshake()
-        await serve(conn, hook)
-
-    async with FakeBroker(script) as broker:
+    async with FakeBroker(handshake_and_serve(hook)) as broker:
         connection = await connect_robust(broker.url(), **FAST)
         done = await reconnected(connection)
         channel = await connection.channel()
@@ -503,11 +482,7 @@ async def test_channel_closed_by_the_broker_is_reopened_with_its_state() -> None
             return True
         return False
 
-    async def script(conn: FakeConnection) -> None:
-        await conn.handshake()
-        await serve(conn, hook)
-
-    async with FakeBroker(script) as broker:
+    async with FakeBroker(handshake_and_serve(hook)) as broker:
         connection = await connect_robust(broker.url(), **FAST)
         channel = await connection.channel()
         await channel.consume("q", lambda message: None, consumer_tag="keep")
@@ -535,11 +510,7 @@ async def test_channel_binding_to_another_channels_exchange_is_restored_after_it
             return True
         return False
 
-    async def script(conn: FakeConnection) -> None:
-        await conn.handshake()
-        await serve(conn, hook)
-
-    async with FakeBroker(script) as broker:
+    async with FakeBroker(handshake_and_serve(hook)) as broker:
         connection = await connect_robust(broker.url(), **FAST)
         done = await reconnected(connection)
         binder = await connection.channel()
