@@ -150,3 +150,9 @@ class ConnectionBase:
 
     async def __aexit__(self, *exc_info: Any) -> None:
         await self.close()
+
+    @staticmethod
+    def _check_ack_delay(ack_delay: object) -> None:
+        """``channel(ack_delay=...)`` takes seconds: a number, 0 or more."""
+        if isinstance(ack_delay, bool) or not isinstance(ack_delay, (int, float)) or ack_delay < 0:
+            raise ValueError(f"ack_delay must be a number of seconds, 0 or more, not {ack_delay!r}")

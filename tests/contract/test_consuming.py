@@ -297,3 +297,24 @@ async def test_get_takes_one_message_or_none(env: Env) -> None:
     assert again is not None
     assert again.settled
     assert again.redelivered
+
+
+async def test_ack_delay_is_taken_and_checked(env: Env) -> None:
+    """``channel(ack_delay=...)`` takes seconds, 0 or more (the embedded broker ignores it): a
+    channel with one consumes and acks as usual, and what it held is sent when it closes."""
+    connection = await env.connect()
+    for wrong in (-1, "1", True):
+        with pytest.raises(ValueError, match="ack_delay must be a number of seconds"):
+            await connection.channel(ack_delay=wrong)  # type: ignore[arg-type]
+    channel = await connection.channel(ack_delay=3600)
+    queue = env.queue()
+    await channel.queue_declare(queue)
+    inbox = Inbox(ack=True)
+    await channel.consume(queue, inbox)
+    for index in range(3):
+        await channel.publish(str(index).encode(), queue)
+    await inbox.take(3)
+    await channel.close()
+    other = await connection.channel()
+    info = await other.queue_declare(queue, passive=True)
+    assert info.message_count == 0

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 
 import hutch
-from hutch.memory import get_broker
 from hutch.patterns import Master, NackMessage, RejectMessage, Retry
 from hutch.patterns.master import (
     DEFAULT_PREFETCH,
@@ -502,8 +501,9 @@ async def test_close_waits_for_handlers_in_flight(master: Master, name: str) -> 
 async def test_close_sends_the_acks_it_holds(
     master: Master, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A worker batches acks for up to ``ACK_DELAY``; ``close()`` sends the ones it holds, so
-    no handled task goes back to the queue (here the delay is an hour: only close acks)."""
+    """A worker's channel holds acks for up to ``ACK_DELAY``; ``close()`` sends the ones it
+    holds, so no handled task goes back to the queue (here the delay is an hour: only the close
+    sends them)."""
     monkeypatch.setattr("hutch.patterns.master.ACK_DELAY", 3600.0)
     handled: list[int] = []
     all_done = asyncio.Event()
@@ -543,24 +543,32 @@ async def test_acks_of_a_burst_go_out_when_half_the_prefetch_waits(
     await worker.close()
 
 
-async def test_a_held_ack_goes_out_after_the_delay_without_close(name: str) -> None:
-    """One task handled by an idle worker is acked within ``ACK_DELAY``: the embedded broker's
-    ``join`` (which waits for unacked deliveries too) returns while the worker still runs."""
-    broker = f"acks-{uuid.uuid4().hex}"
-    async with await hutch.connect(f"memory://{broker}") as connection:
+async def test_closing_the_connection_sends_the_acks_a_worker_holds(
+    broker_url: str, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A program that closes its connection without closing its workers first loses no ack:
+    the held acks go out ahead of the connection's close, so no handled task runs again."""
+    monkeypatch.setattr("hutch.patterns.master.ACK_DELAY", 3600.0)
+    handled: list[int] = []
+    all_done = asyncio.Event()
+
+    async def task(*, i: int) -> None:
+        handled.append(i)
+        if len(handled) == 5:
+            all_done.set()
+
+    async with await hutch.connect(broker_url) as connection:
         master = Master(await connection.channel())
-        ran = asyncio.Event()
-
-        async def task() -> None:
-            ran.set()
-
         worker = await master.create_worker(name, task)
-        await master.create_task(name)
-        await asyncio.wait_for(ran.wait(), WAIT)
-        await get_broker(broker).join(name, timeout=WAIT)
-        assert worker.state.value == "running"
-        await worker.close()
-    get_broker(broker).reset()
+        await master.create_tasks(name, [{"i": i} for i in range(5)])
+        await asyncio.wait_for(all_done.wait(), WAIT)
+    async with await hutch.connect(broker_url) as connection:
+        channel = await connection.channel()
+        info = await channel.queue_declare(name, passive=True)
+        assert info.message_count == 0
+        for queue in (name, worker.dead_letter_queue, *worker.retry_queues):
+            await channel.queue_delete(queue)
+    assert sorted(handled) == list(range(5))
 
 
 async def test_close_gives_up_on_handlers_after_its_timeout(master: Master, name: str) -> None:

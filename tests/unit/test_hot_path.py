@@ -208,6 +208,86 @@ async def test_a_held_ack_goes_out_before_any_later_frame() -> None:
     assert isinstance(second, spec.Channel.Close)
 
 
+class _SignallingTransport(_Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = asyncio.Event()
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.written.set()
+
+
+async def _loop_steps(count: int = 3) -> None:
+    """Let the event loop run the callbacks that are due now (the end-of-iteration flush)."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def test_ack_delay_holds_acks_past_the_iteration_then_sends_one() -> None:
+    """With ``ack_delay`` the held ack outlives the loop iteration and goes out on its timer,
+    as one ``multiple=True`` ack of everything acked meanwhile."""
+    transport = _SignallingTransport()
+    link, channel = open_offline_channel(transport)
+    channel.ack_delay = 0.05
+    delivered: dict[int, Any] = {}
+    _consume(channel, "acks", False, delivered)
+    link.data_received(b"".join(_delivery(tag, "acks") for tag in range(1, 4)))
+    delivered[1].ack()
+    await _loop_steps()
+    assert not transport.data  # an iteration's flush did not send it
+    delivered[2].ack()
+    delivered[3].ack()
+    await asyncio.wait_for(transport.written.wait(), 5)
+    [frame] = _sent(transport)
+    assert isinstance(frame, spec.Basic.Ack)
+    assert (frame.delivery_tag, frame.multiple) == (3, True)
+
+
+async def test_ack_delay_sends_at_once_when_half_the_prefetch_is_held() -> None:
+    """However long the delay, acks go out once they cover half the prefetch, so the broker
+    always has room to deliver more."""
+    link, channel, transport = _open_channel()
+    channel.ack_delay = 3600.0
+    channel._qos = spec.Basic.Qos(prefetch_count=4)
+    delivered: dict[int, Any] = {}
+    _consume(channel, "acks", False, delivered)
+    link.data_received(b"".join(_delivery(tag, "acks") for tag in range(1, 5)))
+    delivered[1].ack()
+    await _loop_steps()
+    assert _sent(transport) == []
+    delivered[2].ack()
+    await _loop_steps()
+    [frame] = _sent(transport)
+    assert (frame.delivery_tag, frame.multiple) == (2, True)
+    delivered[3].ack()
+    delivered[4].ack()
+    await _loop_steps()
+    [frame] = _sent(transport)
+    assert (frame.delivery_tag, frame.multiple) == (4, True)
+
+
+async def test_ack_delay_sends_the_held_ack_before_the_next_frame() -> None:
+    """A delayed ack still goes out ahead of any later frame, a close included."""
+    link, channel, transport = _open_channel()
+    channel.ack_delay = 3600.0
+    delivered: dict[int, Any] = {}
+    _consume(channel, "acks", False, delivered)
+    link.data_received(_delivery(1, "acks"))
+    delivered[1].ack()
+    link.write(
+        frames.encode_method(
+            0, spec.Connection.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0)
+        )
+    )
+    link._flush()
+    consumed, _ch, first = pamqp_frame.unmarshal(bytes(transport.data))
+    _consumed, _ch, second = pamqp_frame.unmarshal(bytes(transport.data[consumed:]))
+    assert isinstance(first, spec.Basic.Ack)
+    assert isinstance(second, spec.Connection.Close)
+    assert link._held_timer is None  # released: the timer has nothing left to send
+
+
 async def test_an_unsettled_delivery_keeps_later_acks_individual() -> None:
     """While delivery 1 is unsettled, acks of 2 and 3 are sent one by one (no multiple)."""
     link, channel, transport = _open_channel()

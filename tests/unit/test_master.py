@@ -118,7 +118,6 @@ def make_worker(master: Master, func: Any, retry: Retry | None = None) -> Worker
         retry=retry or Retry(),
         executor=None,
         close_timeout=1.0,
-        prefetch_count=1,  # acks go out at once, not batched (see Worker._ack_later)
     )
 
 

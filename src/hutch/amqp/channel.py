@@ -117,12 +117,19 @@ def _method_name(class_id: int | None, method_id: int | None) -> str:
 class Channel(ChannelBase):
     """A channel on an AMQP ``Connection``; get one with ``await connection.channel()``."""
 
-    def __init__(self, connection: Connection, number: int, publisher_confirms: bool) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        number: int,
+        publisher_confirms: bool,
+        ack_delay: float = 0.0,
+    ) -> None:
         super().__init__()
         self._connection = connection
         self._loop = asyncio.get_running_loop()
         self.number = number
         self.publisher_confirms = publisher_confirms
+        self.ack_delay = ack_delay
         self._state = ChannelState.OPENING
         self._link: Link | None = None
         self._epoch = 0
@@ -156,6 +163,7 @@ class Channel(ChannelBase):
         self._ack_epoch = 0
         self._ack_floor = 0
         self._ack_pending = 0
+        self._ack_held = 0  # how many deliveries the held ack covers
         self._ack_ahead: set[int] | None = set()
 
     def __repr__(self) -> str:
@@ -1042,10 +1050,11 @@ class Channel(ChannelBase):
         """Send the ack (kind 0), nack (1) or reject (2) of ``message``.
 
         Acks are coalesced: while every delivery below a tag has been settled, its ack is held
-        until the link flushes (the end of this event-loop iteration) and sent as one
-        ``basic.ack`` with ``multiple=True`` covering all of them, so the broker processes one
-        frame per batch instead of one per message. Every other settlement, and any frame this
-        link writes meanwhile, sends the held ack first.
+        until the link flushes (the end of this event-loop iteration, or ``ack_delay`` seconds
+        later, or once half the prefetch is held) and sent as one ``basic.ack`` with
+        ``multiple=True`` covering all of them, so the broker processes one frame per batch
+        instead of one per message. Every other settlement, and any frame this link writes
+        meanwhile (a channel's or the connection's close included), sends the held ack first.
         """
         link = self._link
         if message._epoch != self._epoch or link is None or self._state is ChannelState.CLOSED:
@@ -1064,8 +1073,11 @@ class Channel(ChannelBase):
             if self._ack_ahead:
                 self._advance_ack_floor()
             if not self._ack_pending:
-                link.hold(self)
+                link.hold(self, self.ack_delay)
             self._ack_pending = tag
+            self._ack_held += 1
+            if self.ack_delay and self._ack_held >= self._ack_batch():
+                link.flush_soon()
             return
         if kind == 0:
             link.write(frames.encode_ack(self.number, tag, multiple))
@@ -1080,9 +1092,16 @@ class Channel(ChannelBase):
         else:
             self._note_settled(tag)
 
+    def _ack_batch(self) -> int:
+        """How many acks an ``ack_delay`` may hold: half the prefetch, so that the broker
+        always has room to deliver more (a prefetch of 1 or 2 holds none)."""
+        prefetch = self._qos.prefetch_count if self._qos is not None else 0
+        return max(1, prefetch // 2) if prefetch else 1000
+
     def _take_held_ack(self) -> bytes:
         """The held ack as a frame (the link calls this when it flushes)."""
         tag, self._ack_pending = self._ack_pending, 0
+        self._ack_held = 0
         if not tag or self._ack_epoch != self._epoch:
             return b""
         return frames.encode_ack(self.number, tag, True)
@@ -1124,6 +1143,7 @@ class Channel(ChannelBase):
         self._ack_epoch = self._epoch
         self._ack_floor = 0
         self._ack_pending = 0
+        self._ack_held = 0
         self._ack_ahead = set()
 
     async def ack(self, delivery_tag: int, *, multiple: bool = False) -> None:

@@ -522,13 +522,17 @@ class Connection(ConnectionBase):
             raise self._error
         raise ConnectionClosed("the connection is closed; open a new one with hutch.connect()")
 
-    async def channel(self, *, publisher_confirms: bool = True) -> Channel:
+    async def channel(self, *, publisher_confirms: bool = True, ack_delay: float = 0.0) -> Channel:
         """Open a new channel. With ``publisher_confirms`` (the default) ``publish`` waits for
-        the broker to confirm each message.
+        the broker to confirm each message. With ``ack_delay`` (seconds) consumer acks are held
+        up to that long and sent together (at once when half the prefetch is held, and before
+        the channel or the connection closes): fewer frames for the broker, at the price of
+        redelivering the last acked messages if the connection is lost meanwhile.
 
         On a robust connection this waits for a reconnect in progress (up to
         ``reconnect_timeout``) and tries again if the connection drops while opening.
         """
+        self._check_ack_delay(ack_delay)
         deadline = time.monotonic() + self.reconnect_timeout
         while True:
             link = await self._wait_ready()
@@ -540,7 +544,7 @@ class Connection(ConnectionBase):
                     f"all {self._channel_max} channels of this connection are in use; close "
                     "some, or open another connection"
                 )
-            channel = Channel(self, number, publisher_confirms)
+            channel = Channel(self, number, publisher_confirms, ack_delay)
             self._channels[number] = channel
             try:
                 await channel._open(link)

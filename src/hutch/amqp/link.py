@@ -57,6 +57,7 @@ class Link(asyncio.BufferedProtocol):
         self._held: list[Channel] = []  # channels holding a coalesced ack (Channel._settle)
         self._recv_view = memoryview(bytearray(_RECV_SIZE))
         self._flush_handle: asyncio.Handle | None = None
+        self._held_timer: asyncio.TimerHandle | None = None  # a held ack's delay (hold())
         self._received = False
         self._sent = False
         self._heartbeat_handle: asyncio.TimerHandle | None = None
@@ -222,14 +223,32 @@ class Link(asyncio.BufferedProtocol):
         if self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
 
-    def hold(self, channel: Channel) -> None:
-        """``channel`` holds a coalesced ack: take it when flushing, or before any other
-        frame is queued (so it never goes out after, say, the channel's close)."""
+    def hold(self, channel: Channel, delay: float = 0.0) -> None:
+        """``channel`` holds a coalesced ack: take it when flushing (at the end of this
+        event-loop iteration, or ``delay`` seconds from now), or before any other frame is
+        queued (so it never goes out after, say, the channel's close)."""
         self._held.append(channel)
+        if self._flush_handle is not None:
+            return
+        if not delay:
+            self._flush_handle = self.loop.call_soon(self._flush)
+        elif self._held_timer is None:
+            self._held_timer = self.loop.call_later(delay, self._held_timer_fired)
+
+    def flush_soon(self) -> None:
+        """Send what is queued and held at the end of this event-loop iteration."""
         if self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
 
+    def _held_timer_fired(self) -> None:
+        self._held_timer = None
+        if self._flush_handle is None:
+            self._flush()
+
     def _release_held(self) -> None:
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+            self._held_timer = None
         held, self._held = self._held, []
         out = self._out
         for channel in held:
@@ -316,6 +335,9 @@ class Link(asyncio.BufferedProtocol):
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+            self._held_timer = None
 
     # -- ending -----------------------------------------------------------------------------
 

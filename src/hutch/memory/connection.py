@@ -62,9 +62,13 @@ class MemoryConnection(ConnectionBase):
     def url(self) -> str:
         return f"memory://{self.broker.name}"
 
-    async def channel(self, *, publisher_confirms: bool = True) -> MemoryChannel:
+    async def channel(
+        self, *, publisher_confirms: bool = True, ack_delay: float = 0.0
+    ) -> MemoryChannel:
         """Open a new channel. With ``publisher_confirms`` (the default) ``publish`` raises
-        what the broker refused (unroutable mandatory messages, full queues)."""
+        what the broker refused (unroutable mandatory messages, full queues). ``ack_delay`` is
+        taken and ignored: an ack costs the embedded broker nothing, so it is settled at once."""
+        self._check_ack_delay(ack_delay)
         if self._state is not ConnectionState.CONNECTED:
             raise ConnectionClosed("the connection is closed; open a new one with hutch.connect()")
         number = next((n for n in range(1, _CHANNEL_MAX + 1) if n not in self._channels), None)

@@ -11,7 +11,7 @@ serialized kwargs. What hutch adds happens around that:
 - ``create_task`` returns once the broker confirmed the task; a task no queue takes raises
   ``Unroutable`` (aio-pika only logs it).
 - A worker acks a task after its handler returned (within ``ACK_DELAY``, batched with the acks
-  of the tasks handled meanwhile: see ``Worker._ack_later``). A handler that raises is retried
+  of the tasks handled meanwhile: its channel's ``ack_delay``). A handler that raises is retried
   after a growing delay (``Retry``) by republishing the task to a per-delay retry queue
   ``<queue>.retry.<ms>``, whose ``x-message-ttl`` and dead-letter routing send it back to
   ``<queue>`` when the delay is over. After the last attempt, or at once for a body that cannot be
@@ -74,8 +74,10 @@ DEFAULT_PREFETCH: Final = 64
 """Handlers a worker runs at once unless ``create_worker(prefetch_count=...)`` says otherwise."""
 
 ACK_DELAY: Final = 0.001
-"""How long (seconds) a worker holds the ack of a handled task to send it with the acks of the
-tasks handled meanwhile; it sends them sooner once half its prefetch waits, and before closing."""
+"""The ``ack_delay`` of a worker's channel: how long (seconds) it holds the ack of a handled task
+to send it with the acks of the tasks handled meanwhile. An ack sent alone costs the broker work
+on the path of the next task; the channel sends them sooner once half the prefetch is held, and
+before it or its connection closes."""
 
 HEADER_ATTEMPTS: Final = "hutch-attempts"
 """How many times the task failed so far (on retried and dead-lettered tasks)."""
@@ -372,7 +374,7 @@ class Master(Serializing):
         if not callable(func):
             raise TypeError(f"the handler must be callable, not {type(func).__name__}")
         retry = Retry() if retry is None else retry
-        channel = await self.channel.connection.channel()
+        channel = await self.channel.connection.channel(ack_delay=ACK_DELAY)
         try:
             await channel.set_qos(prefetch_count)
             info = await channel.queue_declare(queue_name, **queue_options)
@@ -384,7 +386,6 @@ class Master(Serializing):
                 retry=retry,
                 executor=executor,
                 close_timeout=close_timeout,
-                prefetch_count=prefetch_count,
             )
             await worker._start(durable=bool(queue_options.get("durable", False)))
         except BaseException:
@@ -420,7 +421,6 @@ class Worker:
         retry: Retry,
         executor: Executor | None,
         close_timeout: float,
-        prefetch_count: int = DEFAULT_PREFETCH,
     ) -> None:
         self._master = master
         self.channel = channel
@@ -442,9 +442,6 @@ class Worker:
         self._inflight = 0
         self._drained: asyncio.Event | None = None
         self._close_task: asyncio.Task[None] | None = None
-        self._acks: list[IncomingMessage] = []  # handled, ack waiting: see _ack_later
-        self._ack_batch = max(1, prefetch_count // 2)
-        self._ack_timer: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"<hutch.Worker {self.queue!r} {self._state.value}>"
@@ -546,34 +543,11 @@ class Worker:
                 if await self._failed(message, error):
                     raise error from exc
                 return
-            self._ack_later(message)
+            await message.ack()
         finally:
             self._inflight -= 1
             if self._drained is not None and not self._inflight:
                 self._drained.set()
-
-    def _ack_later(self, message: IncomingMessage) -> None:
-        """Ack a handled task within ``ACK_DELAY``, together with the others handled by then.
-
-        An ack the broker gets alone costs it (and this process) work on the path of the next
-        task; batched, the tasks of a millisecond cost one ``basic.ack``. At most half the
-        prefetch waits, so the broker always has room to deliver more (with a prefetch of 1
-        or 2 every ack goes at once). ``close()`` sends the waiting acks first.
-        """
-        acks = self._acks
-        acks.append(message)
-        if len(acks) >= self._ack_batch:
-            self._flush_acks()
-        elif self._ack_timer is None:
-            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY, self._flush_acks)
-
-    def _flush_acks(self) -> None:
-        if self._ack_timer is not None:
-            self._ack_timer.cancel()
-            self._ack_timer = None
-        acks, self._acks = self._acks, []
-        for message in acks:
-            message.ack()
 
     async def _failed(self, message: IncomingMessage, exc: Exception) -> bool:
         """Retry or dead-letter a task whose handler raised; True once it was dead-lettered."""
@@ -710,7 +684,6 @@ class Worker:
                     self._inflight,
                     timeout,
                 )
-        self._flush_acks()
         await self.channel.close()
         self._state = WorkerState.CLOSED
         self._master._workers.discard(self)
