@@ -643,9 +643,73 @@ async def test_close_fails_pending_calls_and_unsubscribes(url: str, name: str) -
         await callee.close()
         info = await channel.queue_declare(name, passive=True)
         assert info.consumer_count == 0
-        # the reply consumer is gone: the channel accepts a new direct reply-to consumer
-        await channel.consume("amq.rabbitmq.reply-to", lambda m: None, no_ack=True)
+        # the reply consumer went with the channel the RPC object opened for its calls
+        assert caller._caller_channel is not channel
+        assert caller._caller_channel.is_closed
         await channel.queue_delete(name)
+
+
+async def test_closing_the_given_channel_closes_the_rpc_calls_channel(url: str, name: str) -> None:
+    """When the program closes the channel it gave ``RPC.create`` (without closing the RPC
+    object), the channel the object opened for its calls closes too, so nothing is left
+    consuming replies; a call waiting then fails at once, and later calls are refused."""
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow() -> None:
+        started.set()
+        await release.wait()
+
+    async with rpc_pair(url) as (caller, callee):
+        await callee.register(name, slow, auto_delete=True)
+        waiting = asyncio.ensure_future(caller.call(name))
+        await asyncio.wait_for(started.wait(), WAIT)
+        await caller.channel.close()
+        with pytest.raises(hutch.ConnectionClosed):
+            await asyncio.wait_for(waiting, WAIT)
+        assert caller._caller_channel is not caller.channel
+        assert caller._caller_channel.is_closed
+        with pytest.raises(hutch.ConnectionClosed):
+            await caller.call(name)
+        release.set()
+
+
+async def test_a_channel_error_leaves_calls_on_a_reply_queue_waiting_for_their_reply(
+    amqp_url: str, name: str
+) -> None:
+    """With ``reply_path="queue"`` a channel error loses no reply: the exclusive reply queue
+    outlives it and the reopened channel consumes it again, so a call that was waiting gets
+    its result, while the call the broker refused fails at once (by its confirm)."""
+    exchange = f"{name}.ex"
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow() -> str:
+        started.set()
+        await release.wait()
+        return "late"
+
+    async with await hutch.connect_robust(amqp_url, reconnect_delay=0.1) as connection:
+        caller = await RPC.create(
+            await connection.channel(), exchange=exchange, reply_path="queue", timeout=60
+        )
+        callee = await RPC.create(await connection.channel(), exchange=exchange)
+        await callee.register("slow", slow, auto_delete=True)
+        waiting = asyncio.ensure_future(caller.call("slow"))
+        await asyncio.wait_for(started.wait(), WAIT)
+        other = await connection.channel()
+        await other.exchange_delete(exchange)
+        with pytest.raises(hutch.NotFound, match="no callee registered for 'm': exchange"):
+            await asyncio.wait_for(caller.call("m"), WAIT)
+        # A round trip on the caller's channel returns once it has reopened and consumes the
+        # reply queue again (the broker auto-deletes that queue with its last consumer, so a
+        # reply sent before then would find no queue).
+        assert caller._replies is not None
+        await caller.channel.queue_declare(caller._replies.address, passive=True)
+        release.set()
+        assert await asyncio.wait_for(waiting, WAIT) == "late"
+        await caller.close()
+        await callee.close()
 
 
 async def test_closing_the_callee_connection_cancels_the_functions_it_runs(

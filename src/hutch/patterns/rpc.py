@@ -21,9 +21,9 @@ hutch and aio-pika programs call each other. What hutch adds:
   to declare, and measurably faster (``bench/rpc_reply_path.py``); ``reply_path="queue"`` gives an
   exclusive reply queue bound to ``rpc.dlx`` as aio-pika's.
 
-The caller never waits for a publisher confirm before its reply can arrive: when the channel it
-is given has confirms, calls go out on a channel of the RPC object's own without them (a returned
-call is matched by its correlation id instead).
+The caller never waits for a publisher confirm before its reply can arrive: on the direct reply
+path, when the channel it is given has confirms, calls go out on a channel of the RPC object's own
+without them (a returned call is matched by its correlation id instead).
 """
 
 from __future__ import annotations
@@ -216,8 +216,11 @@ class _ReplyPath:
                 channel.add_return_listener(self._on_return)
             self._on_close = functools.partial(_path_channel_closed, ref)
             channel.add_close_listener(self._on_close)
-            self._on_error = functools.partial(_path_channel_error, ref)
-            channel.add_error_listener(self._on_error)
+            if self.direct:
+                # (An exclusive reply queue outlives a channel error: the reopened channel
+                # consumes it again and the replies still come.)
+                self._on_error = functools.partial(_path_channel_error, ref)
+                channel.add_error_listener(self._on_error)
             _watch_connection(self)
 
     async def bind_dlx(self) -> None:
@@ -322,8 +325,8 @@ def _path_channel_closed(ref: weakref.ref[_ReplyPath], channel: Any, error: Any)
 
 
 def _path_channel_error(ref: weakref.ref[_ReplyPath], channel: Any, error: Any) -> None:
-    """The broker closed the reply channel: replies to the calls pending on it are lost (a
-    robust channel reopens, but under a new direct reply-to address)."""
+    """The broker closed the channel of a direct reply path: replies to the calls pending on
+    it are lost (a robust channel reopens, but under a new direct reply-to address)."""
     path = ref()
     if path is not None and not path.closed:
         _fail_soon(path, error)
@@ -333,7 +336,7 @@ def _fail_soon(path: _ReplyPath, error: BaseException | None) -> None:
     reason = f" ({error})" if error else ""
 
     def make_error(call: _Call) -> BaseException:
-        if isinstance(error, NotFound) and call.rpc.exchange:
+        if isinstance(error, NotFound) and error.method == "Basic.Publish" and call.rpc.exchange:
             # A call to the custom exchange after the broker auto-deleted it; which of the
             # pending calls hit it first is not known without publisher confirms.
             translated = NotFound(error.reply_code, error.reply_text, method=error.method)
@@ -427,9 +430,9 @@ class RPC(Serializing):
 
     Args:
         channel: the channel calls are published on and replies consumed from; when it has
-            publisher confirms, calls and replies use a channel without them that this object
-            opens on the same connection (and closes with it). A callee opens a channel of its
-            own on the same connection for its consumers.
+            publisher confirms and the reply path is direct, calls and replies use a channel
+            without them that this object opens on the same connection (and closes with it).
+            A callee opens a channel of its own on the same connection for its consumers.
         exchange: a direct exchange to publish calls to (declared auto-delete, as aio-pika does);
             queues are then named ``"<exchange>::<name>"``. Default: the default exchange.
         timeout: the deadline of a call that does not pass ``timeout=``, in seconds (default 60);
@@ -483,6 +486,7 @@ class RPC(Serializing):
         self._state = _State.NEW
         self._replies: _ReplyPath | None = None
         self._caller_channel = channel  # where calls go: see _start
+        self._caller_closing: asyncio.Future[None] | None = None
         self._callee_channel: Channel | None = None
         self._callee_lock = asyncio.Lock()
         self._routes: dict[str, _Route] = {}
@@ -522,13 +526,18 @@ class RPC(Serializing):
             return
         self._loop = asyncio.get_running_loop()
         channel = self.channel
-        if channel.publisher_confirms:
+        if channel.publisher_confirms and self.reply_path == "direct":
             # Calls go out on a channel of this object's own, without publisher confirms: a
             # call needs none before its reply can come (a returned call still fails at once,
             # by its correlation id), and a confirm per call costs the caller a second wake-up
-            # per call that measurably slows every round trip (docs/benchmarks.md).
+            # per call that measurably slows every round trip (docs/benchmarks.md). A channel
+            # error fails every call waiting on it, as their direct replies are lost anyway.
+            # (With a reply queue, replies outlive a channel error: there the confirm says
+            # which call the broker refused, and the others wait on.)
             channel = await channel.connection.channel(publisher_confirms=False)
         self._caller_channel = channel
+        if channel is not self.channel:
+            self.channel.add_close_listener(self._on_channel_closed)
         try:
             if self.exchange:
                 # On the calls' channel, so that it declares the exchange again when it
@@ -547,10 +556,18 @@ class RPC(Serializing):
                 raise
         except BaseException:
             if channel is not self.channel:
+                self.channel.remove_close_listener(self._on_channel_closed)
+                self._caller_channel = self.channel
                 await _close_quietly(channel)
             raise
         self._replies = path
         self._state = _State.OPEN
+
+    def _on_channel_closed(self, channel: Any, error: BaseException | None) -> None:
+        """The channel given to ``create`` is closed for good: so is the one this object
+        opened for its calls (whose close fails the calls waiting on it)."""
+        if not self._caller_channel.is_closed:
+            self._caller_closing = asyncio.ensure_future(_close_quietly(self._caller_channel))
 
     async def __aenter__(self) -> Self:
         return self
@@ -608,6 +625,7 @@ class RPC(Serializing):
             if path.users <= 0:
                 await path.close()
         if self._caller_channel is not self.channel:
+            self.channel.remove_close_listener(self._on_channel_closed)
             await _close_quietly(self._caller_channel)
         if self._serving:
             _done, running = await asyncio.wait(set(self._serving), timeout=timeout)
