@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -377,3 +378,25 @@ async def test_publish_nowait_of_bytes_is_written_in_the_call() -> None:
     assert link._out
     assert b"payload" in b"".join(link._out)
     assert not future.done()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks came with Python 3.12")
+async def test_an_async_callback_that_never_waits_runs_within_the_read_and_leaves_no_task() -> None:
+    """On Python 3.12+ an ``async def`` callback starts eagerly: by the time the read is
+    processed it has run in a task of its own, and a callback that never waited left no task
+    for the channel to track."""
+    link, channel, _transport = _open_channel()
+    ran: list[tuple[int, asyncio.Task[Any] | None]] = []
+
+    async def on_message(message: hutch.IncomingMessage) -> None:
+        ran.append((message.delivery_tag, asyncio.current_task()))
+        await message.ack()
+
+    method = spec.Basic.Consume(queue="q", consumer_tag="eager")
+    channel._consumers["eager"] = _Consumer(method, on_message)
+    link.data_received(b"".join(_delivery(tag, "eager") for tag in (1, 2)))
+    assert [tag for tag, _task in ran] == [1, 2]
+    tasks = [task for _tag, task in ran]
+    assert None not in tasks
+    assert tasks[0] is not tasks[1]
+    assert channel._tasks == set()
