@@ -48,6 +48,20 @@ class Boom(Exception):
     """A handler's own error type, to see its qualified name in the dead-letter headers."""
 
 
+class Recorder:
+    """A task handler that records each task's ``i`` and sets ``done`` after ``count``."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.handled: list[int] = []
+        self.done = asyncio.Event()
+
+    async def __call__(self, *, i: int) -> None:
+        self.handled.append(i)
+        if len(self.handled) == self.count:
+            self.done.set()
+
+
 @pytest.fixture(params=TRANSPORTS)
 def broker_url(request: pytest.FixtureRequest) -> str:
     if request.param == "memory":
@@ -505,21 +519,15 @@ async def test_close_sends_the_acks_it_holds(
     holds, so no handled task goes back to the queue (here the delay is an hour: only the close
     sends them)."""
     monkeypatch.setattr("hutch.patterns.master.ACK_DELAY", 3600.0)
-    handled: list[int] = []
-    all_done = asyncio.Event()
-
-    async def task(*, i: int) -> None:
-        handled.append(i)
-        if len(handled) == 5:
-            all_done.set()
+    task = Recorder(5)
 
     worker = await master.create_worker(name, task)
     await master.create_tasks(name, [{"i": i} for i in range(5)])
-    await asyncio.wait_for(all_done.wait(), WAIT)
+    await asyncio.wait_for(task.done.wait(), WAIT)
     await asyncio.wait_for(worker.close(), WAIT)
     info = await master.channel.queue_declare(name, passive=True)
     assert info.message_count == 0
-    assert sorted(handled) == list(range(5))
+    assert sorted(task.handled) == list(range(5))
 
 
 async def test_acks_of_a_burst_go_out_when_half_the_prefetch_waits(
@@ -528,18 +536,12 @@ async def test_acks_of_a_burst_go_out_when_half_the_prefetch_waits(
     """With a prefetch of 4, acks are sent two at a time even if the delay never ends: the
     broker keeps delivering, so a burst of tasks is handled with no timer involved."""
     monkeypatch.setattr("hutch.patterns.master.ACK_DELAY", 3600.0)
-    handled: list[int] = []
-    all_done = asyncio.Event()
-
-    async def task(*, i: int) -> None:
-        handled.append(i)
-        if len(handled) == 40:
-            all_done.set()
+    task = Recorder(40)
 
     worker = await master.create_worker(name, task, prefetch_count=4)
     await master.create_tasks(name, [{"i": i} for i in range(40)])
-    await asyncio.wait_for(all_done.wait(), WAIT)
-    assert sorted(handled) == list(range(40))
+    await asyncio.wait_for(task.done.wait(), WAIT)
+    assert sorted(task.handled) == list(range(40))
     await worker.close()
 
 
@@ -549,26 +551,20 @@ async def test_closing_the_connection_sends_the_acks_a_worker_holds(
     """A program that closes its connection without closing its workers first loses no ack:
     the held acks go out ahead of the connection's close, so no handled task runs again."""
     monkeypatch.setattr("hutch.patterns.master.ACK_DELAY", 3600.0)
-    handled: list[int] = []
-    all_done = asyncio.Event()
-
-    async def task(*, i: int) -> None:
-        handled.append(i)
-        if len(handled) == 5:
-            all_done.set()
+    task = Recorder(5)
 
     async with await hutch.connect(broker_url) as connection:
         master = Master(await connection.channel())
         worker = await master.create_worker(name, task)
         await master.create_tasks(name, [{"i": i} for i in range(5)])
-        await asyncio.wait_for(all_done.wait(), WAIT)
+        await asyncio.wait_for(task.done.wait(), WAIT)
     async with await hutch.connect(broker_url) as connection:
         channel = await connection.channel()
         info = await channel.queue_declare(name, passive=True)
         assert info.message_count == 0
         for queue in (name, worker.dead_letter_queue, *worker.retry_queues):
             await channel.queue_delete(queue)
-    assert sorted(handled) == list(range(5))
+    assert sorted(task.handled) == list(range(5))
 
 
 async def test_close_gives_up_on_handlers_after_its_timeout(master: Master, name: str) -> None:

@@ -20,7 +20,7 @@ import pytest
 import hutch
 from hutch.memory import get_broker
 from hutch.patterns import RPC, MsgpackRPC, PickleRPC, UnsafeSerializerWarning
-from tests.support.rpc import observe_dead_letters
+from tests.support.rpc import Gate, observe_dead_letters
 
 WAIT = 10  # bound on waits for events that should come at once
 
@@ -333,24 +333,18 @@ async def test_late_reply_is_dropped_quietly(
 
 async def test_cancelled_call_leaves_no_pending_future(url: str, name: str) -> None:
     """Cancelling a waiting call removes it; its reply, when it comes, is dropped."""
-    started = asyncio.Event()
-    release = asyncio.Event()
-
-    async def slow() -> str:
-        started.set()
-        await release.wait()
-        return "late"
+    slow = Gate()
 
     async with rpc_pair(url, concurrency=1) as (caller, callee):
         await callee.register(name, slow, auto_delete=True)
         task = asyncio.ensure_future(caller.call(name))
-        await asyncio.wait_for(started.wait(), WAIT)
+        await asyncio.wait_for(slow.started.wait(), WAIT)
         assert caller.in_flight == 1
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert caller.in_flight == 0
-        release.set()
+        slow.release.set()
         await callee.register(f"{name}.next", multiply, auto_delete=True)
         assert await caller.call(f"{name}.next", {"x": 2, "y": 3}) == 6
 
@@ -469,20 +463,14 @@ async def test_a_channel_error_fails_the_calls_waiting_on_it_at_once(
     once, not at its deadline: its reply would go to a direct reply-to address that is gone.
     On a robust connection calls work again right after."""
     exchange = f"{name}.ex"
-    started = asyncio.Event()
-    release = asyncio.Event()
-
-    async def slow() -> str:
-        started.set()
-        await release.wait()
-        return "late"
+    slow = Gate()
 
     async with await hutch.connect_robust(amqp_url, reconnect_delay=0.1) as connection:
         caller = await RPC.create(await connection.channel(), exchange=exchange, timeout=60)
         callee = await RPC.create(await connection.channel(), exchange=exchange)
         await callee.register("slow", slow, auto_delete=True)
         waiting = asyncio.ensure_future(caller.call("slow"))
-        await asyncio.wait_for(started.wait(), WAIT)
+        await asyncio.wait_for(slow.started.wait(), WAIT)
         other = await connection.channel()
         await other.exchange_delete(exchange)
         with pytest.raises(hutch.NotFound, match="'m' failed: exchange"):
@@ -490,7 +478,7 @@ async def test_a_channel_error_fails_the_calls_waiting_on_it_at_once(
         with pytest.raises(hutch.NotFound, match="'slow' failed: exchange"):
             await asyncio.wait_for(waiting, WAIT)
         assert caller.in_flight == 0
-        release.set()
+        slow.release.set()
         await other.exchange_declare(exchange, "direct", auto_delete=True)
         await other.queue_bind(f"{exchange}::slow", exchange, f"{exchange}::slow")
         assert await asyncio.wait_for(caller.call("slow"), WAIT) == "late"
@@ -653,17 +641,12 @@ async def test_closing_the_given_channel_closes_the_rpc_calls_channel(url: str, 
     """When the program closes the channel it gave ``RPC.create`` (without closing the RPC
     object), the channel the object opened for its calls closes too, so nothing is left
     consuming replies; a call waiting then fails at once, and later calls are refused."""
-    started = asyncio.Event()
-    release = asyncio.Event()
-
-    async def slow() -> None:
-        started.set()
-        await release.wait()
+    slow = Gate()
 
     async with rpc_pair(url) as (caller, callee):
         await callee.register(name, slow, auto_delete=True)
         waiting = asyncio.ensure_future(caller.call(name))
-        await asyncio.wait_for(started.wait(), WAIT)
+        await asyncio.wait_for(slow.started.wait(), WAIT)
         await caller.channel.close()
         with pytest.raises(hutch.ConnectionClosed):
             await asyncio.wait_for(waiting, WAIT)
@@ -671,7 +654,7 @@ async def test_closing_the_given_channel_closes_the_rpc_calls_channel(url: str, 
         assert caller._caller_channel.is_closed
         with pytest.raises(hutch.ConnectionClosed):
             await caller.call(name)
-        release.set()
+        slow.release.set()
 
 
 async def test_a_channel_error_leaves_calls_on_a_reply_queue_waiting_for_their_reply(
@@ -681,13 +664,7 @@ async def test_a_channel_error_leaves_calls_on_a_reply_queue_waiting_for_their_r
     outlives it and the reopened channel consumes it again, so a call that was waiting gets
     its result, while the call the broker refused fails at once (by its confirm)."""
     exchange = f"{name}.ex"
-    started = asyncio.Event()
-    release = asyncio.Event()
-
-    async def slow() -> str:
-        started.set()
-        await release.wait()
-        return "late"
+    slow = Gate()
 
     async with await hutch.connect_robust(amqp_url, reconnect_delay=0.1) as connection:
         caller = await RPC.create(
@@ -696,7 +673,7 @@ async def test_a_channel_error_leaves_calls_on_a_reply_queue_waiting_for_their_r
         callee = await RPC.create(await connection.channel(), exchange=exchange)
         await callee.register("slow", slow, auto_delete=True)
         waiting = asyncio.ensure_future(caller.call("slow"))
-        await asyncio.wait_for(started.wait(), WAIT)
+        await asyncio.wait_for(slow.started.wait(), WAIT)
         other = await connection.channel()
         await other.exchange_delete(exchange)
         with pytest.raises(hutch.NotFound, match="no callee registered for 'm': exchange"):
@@ -706,7 +683,7 @@ async def test_a_channel_error_leaves_calls_on_a_reply_queue_waiting_for_their_r
         # reply sent before then would find no queue).
         assert caller._replies is not None
         await caller.channel.queue_declare(caller._replies.address, passive=True)
-        release.set()
+        slow.release.set()
         assert await asyncio.wait_for(waiting, WAIT) == "late"
         await caller.close()
         await callee.close()

@@ -23,3 +23,17 @@ async def observe_dead_letters(
 
     await channel.consume(watch, keep, no_ack=True)
     return observed
+
+
+class Gate:
+    """A callee function that says it started, then waits until the test releases it and
+    returns ``"late"``."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self) -> str:
+        self.started.set()
+        await self.release.wait()
+        return "late"
