@@ -140,15 +140,28 @@ def _no_callee(name: str, returned: Unroutable) -> Unroutable:
     return error
 
 
-def _no_exchange(name: str, exchange: str, error: NotFound) -> NotFound:
+def _no_exchange(name: str, exchange: str, error: NotFound, *, this_call: bool = True) -> NotFound:
     """The call's exchange is gone: aio-pika's topology declares it auto-delete, so the broker
-    deletes it when the last callee's queue goes."""
+    deletes it when the last callee's queue goes. ``this_call``: the confirm says it was this
+    call the broker refused; else it is one of the calls waiting on the channel the broker
+    closed (without confirms, which one is not known)."""
     translated = NotFound(error.reply_code, error.reply_text, method=error.method)
+    what = (
+        f"no callee registered for {name!r}: exchange {exchange!r} does not exist"
+        if this_call
+        else f"the call to {name!r} failed: exchange {exchange!r} does not exist, so no callee "
+        "is registered behind it"
+    )
+    lost = (
+        ""
+        if this_call
+        else ", which loses the replies of every call waiting on it (a callee may have run one "
+        "it took before)"
+    )
     translated.args = (
-        f"no callee registered for {name!r}: exchange {exchange!r} does not exist (the broker "
-        "auto-deletes it when its last callee leaves) and the broker closed the channel "
-        f"({error.reply_code} {error.reply_text}); on a robust connection the channel comes back "
-        "and declares the exchange again",
+        f"{what} (the broker auto-deletes it when its last callee leaves) and the broker closed "
+        f"the channel ({error.reply_code} {error.reply_text}){lost}; on a robust connection the "
+        "channel comes back and declares the exchange again",
     )
     return translated
 
@@ -337,18 +350,8 @@ def _fail_soon(path: _ReplyPath, error: BaseException | None) -> None:
 
     def make_error(call: _Call) -> BaseException:
         if isinstance(error, NotFound) and error.method == "Basic.Publish" and call.rpc.exchange:
-            # A call to the custom exchange after the broker auto-deleted it; which of the
-            # pending calls hit it first is not known without publisher confirms.
-            translated = NotFound(error.reply_code, error.reply_text, method=error.method)
-            translated.args = (
-                f"the call to {call.name!r} failed: exchange {call.rpc.exchange!r} does not "
-                "exist, so no callee is registered behind it (the broker auto-deletes it when "
-                f"its last callee leaves), and the broker closed the calls' channel "
-                f"({error.reply_code} {error.reply_text}), which loses the replies of every "
-                "call waiting on it (a callee may have run one it took before); on a robust "
-                "connection the channel comes back and declares the exchange again",
-            )
-            return translated
+            # A call to the custom exchange after the broker auto-deleted it.
+            return _no_exchange(call.name, call.rpc.exchange, error, this_call=False)
         return ConnectionClosed(
             f"the channel of this RPC object was closed{reason} while the call to {call.name!r} "
             "waited for its reply; the callee may or may not have run it"
