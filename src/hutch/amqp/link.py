@@ -228,11 +228,9 @@ class Link(asyncio.BufferedProtocol):
         event-loop iteration, or ``delay`` seconds from now), or before any other frame is
         queued (so it never goes out after, say, the channel's close)."""
         self._held.append(channel)
-        if self._flush_handle is not None:
-            return
         if not delay:
-            self._flush_handle = self.loop.call_soon(self._flush)
-        elif self._held_timer is None:
+            self.flush_soon()
+        elif self._flush_handle is None and self._held_timer is None:
             self._held_timer = self.loop.call_later(delay, self._held_timer_fired)
 
     def flush_soon(self) -> None:
