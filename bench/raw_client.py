@@ -34,11 +34,11 @@ class RawClient(asyncio.Protocol):
         self.pending: dict[int, asyncio.Future[None]] = {}
 
     @classmethod
-    async def connect(cls, url: str) -> RawClient:
+    async def connect(cls, url: str, *, confirms: bool = True) -> RawClient:
         parts = urlparse(url)
         loop = asyncio.get_running_loop()
         _transport, client = await loop.create_connection(cls, parts.hostname, parts.port or 5672)
-        await client._handshake(parts.username or "guest", parts.password or "guest")
+        await client._handshake(parts.username or "guest", parts.password or "guest", confirms)
         return client
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -52,7 +52,7 @@ class RawClient(asyncio.Protocol):
         self.waiter = self.loop.create_future()
         return await self.waiter
 
-    async def _handshake(self, user: str, password: str) -> None:
+    async def _handshake(self, user: str, password: str, confirms: bool) -> None:
         assert self.transport is not None
         self.transport.write(b"AMQP\x00\x00\x09\x01")
         await self._expect()  # Connection.Start
@@ -71,8 +71,9 @@ class RawClient(asyncio.Protocol):
         await self._expect()
         self._send(1, spec.Channel.Open())
         await self._expect()
-        self._send(1, spec.Confirm.Select())
-        await self._expect()
+        if confirms:
+            self._send(1, spec.Confirm.Select())
+            await self._expect()
 
     async def rpc(self, method: object) -> object:
         self._send(1, method)
@@ -113,12 +114,17 @@ class RawClient(asyncio.Protocol):
                         if future is not None:
                             future.set_result(None)
                     self.floor = max(self.floor, tag if multiple & 1 else self.floor)
-                elif self.waiter is not None:
-                    _consumed, _channel, method = pamqp_frame.unmarshal(data[pos : end + 1])
-                    waiter, self.waiter = self.waiter, None
-                    waiter.set_result(method)
+                else:
+                    self._reply(data[pos : end + 1])
             pos = end + 1
         self.buffer = data[pos:]
+
+    def _reply(self, frame: bytes) -> None:
+        """A method frame that answers the synchronous request ``_expect`` waits for."""
+        if self.waiter is not None:
+            _consumed, _channel, method = pamqp_frame.unmarshal(frame)
+            waiter, self.waiter = self.waiter, None
+            waiter.set_result(method)
 
     def close(self) -> None:
         if self.transport is not None:
