@@ -306,6 +306,51 @@ async def test_timeout_none_waits_past_the_default_deadline(url: str, name: str)
         assert await asyncio.wait_for(patient, WAIT) == "done"
 
 
+async def test_a_short_deadline_begun_after_a_long_one_ends_on_time(url: str, name: str) -> None:
+    """Each call ends at its own deadline: a call with a short timeout, made while one with a
+    long timeout waits, times out after its own timeout; the long one keeps waiting."""
+    release = asyncio.Event()
+
+    async def hang(*, n: int) -> int:
+        await release.wait()
+        return n
+
+    async with rpc_pair(url, concurrency=2) as (caller, callee):
+        await callee.register(name, hang, auto_delete=True)
+        patient = asyncio.ensure_future(caller.call(name, {"n": 1}, timeout=60))
+        with pytest.raises(hutch.CallTimeout, match=r"within 0\.2 s"):
+            # wait_for's own TimeoutError is no CallTimeout: it would fail this test
+            await asyncio.wait_for(caller.call(name, {"n": 2}, timeout=0.2), WAIT)
+        assert not patient.done()
+        release.set()
+        assert await asyncio.wait_for(patient, WAIT) == 1
+
+
+async def test_calls_waiting_together_each_time_out(url: str, name: str) -> None:
+    """Several calls with different timeouts waiting at once all end with CallTimeout, the
+    later deadlines after the earlier ones."""
+    release = asyncio.Event()
+
+    async def hang(*, n: int) -> None:
+        await release.wait()
+
+    async with rpc_pair(url, concurrency=3) as (caller, callee):
+        await callee.register(name, hang, auto_delete=True)
+        calls = [
+            asyncio.ensure_future(caller.call(name, {"n": n}, timeout=timeout))
+            for n, timeout in enumerate((0.3, 0.1, 0.2))
+        ]
+        ended: list[int] = []
+        for n, call in enumerate(calls):
+            call.add_done_callback(lambda _call, n=n: ended.append(n))
+        done, _ = await asyncio.wait(calls, timeout=WAIT)
+        assert len(done) == 3
+        assert all(isinstance(call.exception(), hutch.CallTimeout) for call in calls)
+        assert ended == [1, 2, 0]  # in the order of their deadlines
+        assert caller.in_flight == 0
+        release.set()
+
+
 async def test_late_reply_is_dropped_quietly(
     url: str, name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
