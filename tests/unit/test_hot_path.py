@@ -32,15 +32,20 @@ from tests.support.offline import open_offline_channel
 class _Transport:
     def __init__(self) -> None:
         self.data = bytearray()
+        self.writes: list[bytes] = []  # one item per write call: what one send() carries
+        self.closing = False
 
     def write(self, data: bytes) -> None:
+        if self.closing:
+            raise RuntimeError("write on a closed transport (as uvloop raises)")
         self.data += data
+        self.writes.append(bytes(data))
 
     def get_extra_info(self, name: str) -> Any:
         return None
 
     def is_closing(self) -> bool:
-        return False
+        return self.closing
 
 
 def _open_channel() -> tuple[Link, Channel, _Transport]:
@@ -372,12 +377,61 @@ async def test_a_multiple_confirm_resolves_every_covered_publish() -> None:
 
 
 async def test_publish_nowait_of_bytes_is_written_in_the_call() -> None:
-    """``publish_nowait(b"...")`` encodes and queues the frames at once (no task)."""
-    link, channel, _transport = _open_channel()
+    """``publish_nowait(b"...")`` encodes and writes the frames in the call (no task)."""
+    link, channel, transport = _open_channel()
     future = channel.publish_nowait(b"payload", "q")
-    assert link._out
-    assert b"payload" in b"".join(link._out)
+    assert b"payload" in bytes(transport.data) + b"".join(link._out)
     assert not future.done()
+
+
+# -- when writes reach the socket ---------------------------------------------------------------
+
+
+async def test_the_first_write_after_a_read_goes_out_at_once_the_rest_together() -> None:
+    """A publish that follows a read (one awaited one by one) is sent in the call; the
+    publishes after it in the same event-loop iteration go out together, in one write, at the
+    end of the iteration."""
+    link, channel, transport = _open_channel()
+    link.data_received(frames.HEARTBEAT)
+    channel.publish_nowait(b"first", "q")
+    assert len(transport.writes) == 1
+    assert b"first" in transport.writes[0]
+    channel.publish_nowait(b"second", "q")
+    channel.publish_nowait(b"third", "q")
+    assert len(transport.writes) == 1
+    await asyncio.sleep(0)  # one loop iteration: the end-of-iteration flush has run
+    assert len(transport.writes) == 2
+    assert b"second" in transport.writes[1]
+    assert b"third" in transport.writes[1]
+    link.data_received(frames.HEARTBEAT)
+    channel.publish_nowait(b"fourth", "q")
+    assert len(transport.writes) == 3  # quiet again after the read
+
+
+async def test_what_a_read_makes_the_client_write_goes_out_at_its_end_in_one_write() -> None:
+    """Acks of plain callbacks made while a read is processed are sent when the read ends, as
+    one ``basic.ack(multiple)`` in one write, not one write each nor a loop iteration later."""
+    link, channel, transport = _open_channel()
+    method = spec.Basic.Consume(queue="q", consumer_tag="sync")
+    channel._consumers["sync"] = _Consumer(method, lambda m: m.ack())
+    link.data_received(b"".join(_delivery(tag, "sync") for tag in range(1, 11)))
+    assert len(transport.writes) == 1
+    [frame] = _sent(transport)
+    assert isinstance(frame, spec.Basic.Ack)
+    assert (frame.delivery_tag, frame.multiple) == (10, True)
+
+
+async def test_nothing_is_written_to_a_transport_that_is_closing() -> None:
+    """After the link dropped its socket, queued frames are discarded rather than written (a
+    write to an aborted uvloop transport raises)."""
+    link, channel, transport = _open_channel()
+    link.data_received(frames.HEARTBEAT)
+    channel.publish_nowait(b"sent", "q")
+    channel.publish_nowait(b"queued", "q")
+    transport.closing = True
+    await asyncio.sleep(0)  # the end-of-iteration flush runs and must not raise
+    assert len(transport.writes) == 1
+    assert not link._out
 
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks came with Python 3.12")

@@ -59,6 +59,8 @@ class Link(asyncio.BufferedProtocol):
         self._flush_handle: asyncio.Handle | None = None
         self._held_timer: asyncio.TimerHandle | None = None  # a held ack's delay (hold())
         self._received = False
+        self._reading = False  # inside data_received: writes wait for the end of the read
+        self._quiet = True  # nothing written since the last read: the next write goes at once
         self._sent = False
         self._heartbeat_handle: asyncio.TimerHandle | None = None
         self._silent_ticks = 0
@@ -113,6 +115,18 @@ class Link(asyncio.BufferedProtocol):
         self.data_received(self._recv_view[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
+        self._reading = True
+        try:
+            self._read(data)
+        finally:
+            self._reading = False
+        # What the frames of this read made us write (acks, replies of plain callbacks) goes
+        # out now, in one write, rather than an event-loop iteration later.
+        self._quiet = True
+        if self._flush_handle is not None:
+            self.flush_now()
+
+    def _read(self, data: bytes) -> None:
         self._received = True
         if self._leftover:
             data = self._leftover + data
@@ -216,12 +230,18 @@ class Link(asyncio.BufferedProtocol):
     # -- writing ----------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        """Queue bytes; they go out together at the end of this event-loop iteration."""
+        """Send bytes: at once if they are the first since the last read (a request that
+        starts an exchange, such as a publish awaited one by one), else together with the
+        other writes of this event-loop iteration, at its end (pipelined publishes)."""
         if self._held:
             self._release_held()
         self._out.append(data)
         if self._flush_handle is None:
-            self._flush_handle = self.loop.call_soon(self._flush)
+            if self._quiet and not self._reading:
+                self._quiet = False
+                self._flush()
+            else:
+                self._flush_handle = self.loop.call_soon(self._flush)
 
     def hold(self, channel: Channel, delay: float = 0.0) -> None:
         """``channel`` holds a coalesced ack: take it when flushing (at the end of this
@@ -259,15 +279,16 @@ class Link(asyncio.BufferedProtocol):
         if self._held:
             self._release_held()
         out = self._out
-        if not out or self.transport is None:
-            out.clear()
+        if not out or self.transport is None or self.transport.is_closing():
+            out.clear()  # (after fail(): uvloop raises on a write to an aborted transport)
             return
         self._sent = True
         self.transport.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
 
     def flush_now(self) -> None:
-        """Send what is queued without waiting for the loop (used before closing)."""
+        """Send what is queued without waiting for the loop (at the end of a read, and before
+        closing)."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
         self._flush()
