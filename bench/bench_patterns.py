@@ -615,8 +615,8 @@ GOALS: list[tuple[str, tuple[str, str], tuple[str, str], str, float, str]] = [
 
 def goals_table(samples: list[harness.Sample]) -> str:
     lines = [
-        "| goal | loop | ÷ aio-pika (median, range) | target | met |",
-        "|---|---|---|---|---|",
+        "| goal | loop | ÷ aio-pika (median, range) | target | met | rounds that meet it |",
+        "|---|---|---|---|---|---|",
     ]
     for name, mine, theirs, metric, goal, direction in GOALS:
         value: Callable[[harness.Sample], float] = (
@@ -624,13 +624,45 @@ def goals_table(samples: list[harness.Sample]) -> str:
         )
         for loop, ratios in _paired(samples, mine, theirs, value).items():
             mid = statistics.median(ratios)
+            meets = [r >= goal if direction == "≥" else r <= goal for r in ratios]
             met = mid >= goal if direction == "≥" else mid <= goal
             spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
             verdict = ("would be " if mine[1] == "floor" else "") + ("yes" if met else "NO")
             lines.append(
                 f"| {name} | {loop} | **{mid:.2f}x** ({spread}) "
-                f"| {direction} {goal:g}x | {verdict} |"
+                f"| {direction} {goal:g}x | {verdict} | {sum(meets)} of {len(meets)} |"
             )
+    return "\n".join(lines)
+
+
+def floor_table(samples: list[harness.Sample]) -> str:
+    """hutch against the floor in the one-by-one scenarios, paired per round: the rate ratio
+    of the tasks, the p50 difference of the calls."""
+    lines = ["| hutch against the floor | loop | median (range) |", "|---|---|---|"]
+    index = {(s.scenario, s.client, s.loop, s.round): s for s in samples}
+    for scenario in sorted(FLOOR_SCENARIOS, reverse=True):
+        loops: dict[str, list[float]] = {}
+        for s in samples:
+            floor = index.get((scenario, "floor", s.loop, s.round))
+            if (s.scenario, s.client) != (scenario, "hutch") or floor is None:
+                continue
+            if scenario.startswith("rpc"):
+                value = _latency(s, "p50_ms") - _latency(floor, "p50_ms")
+            else:
+                value = s.rate / floor.rate
+            loops.setdefault(s.loop, []).append(value)
+        for loop, values in loops.items():
+            mid, low, high = statistics.median(values), min(values), max(values)
+            if scenario.startswith("rpc"):
+                lines.append(
+                    f"| {scenario}: p50, hutch minus floor | {loop} "
+                    f"| {mid:+.3f} ms ({low:+.3f} to {high:+.3f}) |"
+                )
+            else:
+                lines.append(
+                    f"| {scenario}: rate, hutch ÷ floor | {loop} "
+                    f"| {mid:.2f}x ({low:.2f}-{high:.2f}) |"
+                )
     return "\n".join(lines)
 
 
@@ -666,6 +698,9 @@ def report(samples: list[harness.Sample], info: dict[str, Any], out: str) -> Non
     print()
     print(goals_table(samples))
     print()
+    if any(s.client == "floor" for s in samples):
+        print(floor_table(samples))
+        print()
     print(", ".join(f"{k}: {v}" for k, v in info.items()))
     chart(ROOT / "docs" / f"{out}.png", rows, samples)
     print(f"chart: docs/{out}.png, samples: docs/{out}.json", file=sys.stderr)
