@@ -1050,8 +1050,8 @@ class Channel(ChannelBase):
         """Send the ack (kind 0), nack (1) or reject (2) of ``message``.
 
         Acks are coalesced: while every delivery below a tag has been settled, its ack is held
-        until the link flushes (the end of this event-loop iteration, or ``ack_delay`` seconds
-        later, or once half the prefetch is held) and sent as one ``basic.ack`` with
+        until the link flushes (the end of this read or event-loop iteration, or ``ack_delay``
+        seconds later, or once half the prefetch is held) and sent as one ``basic.ack`` with
         ``multiple=True`` covering all of them, so the broker processes one frame per batch
         instead of one per message. Every other settlement, and any frame this link writes
         meanwhile (a channel's or the connection's close included), sends the held ack first.

@@ -3,9 +3,11 @@
 A ``Link`` lives as long as one socket. The ``Connection`` above it outlives links: when a link
 dies, a robust connection opens a new one and hands its channels over.
 
-Writes are buffered and flushed once per event-loop iteration, so a burst of publishes or acks
-becomes one ``send()``. Reads parse every whole frame in the received bytes in one pass and hand
-them to channels without copying method frames.
+Writes are coalesced, so a burst of publishes or acks becomes one ``send()``: the first write
+after a read goes out at once (it starts an exchange: a publish awaited one by one, a call),
+the writes after it wait for the end of the event-loop iteration, and what a read's frames make
+the client write goes out when that read ends. Reads parse every whole frame in the received
+bytes in one pass and hand them to channels without copying method frames.
 """
 
 from __future__ import annotations
