@@ -54,7 +54,14 @@ from hutch.exceptions import (
     Unroutable,
 )
 from hutch.message import IncomingMessage, Message
-from hutch.patterns.base import MsgpackMixin, PickleMixin, Proxy, Serializing, call_handler
+from hutch.patterns.base import (
+    MsgpackMixin,
+    PickleMixin,
+    Proxy,
+    Serializing,
+    call_handler,
+    is_async,
+)
 
 log = logging.getLogger("hutch.rpc")
 
@@ -459,12 +466,13 @@ def _direct_path(channel: Channel) -> _ReplyPath:
 
 
 class _Route:
-    __slots__ = ("name", "routing_key", "func", "consumer_tag")
+    __slots__ = ("name", "routing_key", "func", "is_async", "consumer_tag")
 
     def __init__(self, name: str, routing_key: str, func: Callable[..., Any]) -> None:
         self.name = name
         self.routing_key = routing_key
         self.func = func
+        self.is_async = is_async(func)  # once, not per call
         self.consumer_tag: str | None = None
 
 
@@ -951,7 +959,10 @@ class RPC(Serializing):
                     f"the call's body must be a mapping of keyword arguments, not "
                     f"{type(kwargs).__name__}"
                 )
-            result = await call_handler(route.func, kwargs, self.executor)
+            if route.is_async:
+                result = await route.func(**kwargs)
+            else:
+                result = await call_handler(route.func, kwargs, self.executor)
             try:
                 body = self.serialize(result)
             except Exception as exc:
