@@ -16,6 +16,7 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 import pytest
+import uvloop
 
 import hutch
 from hutch.memory import get_broker
@@ -306,9 +307,7 @@ async def test_timeout_none_waits_past_the_default_deadline(url: str, name: str)
         assert await asyncio.wait_for(patient, WAIT) == "done"
 
 
-async def test_a_short_deadline_begun_after_a_long_one_ends_on_time(url: str, name: str) -> None:
-    """Each call ends at its own deadline: a call with a short timeout, made while one with a
-    long timeout waits, times out after its own timeout; the long one keeps waiting."""
+async def _short_deadline_after_a_long_one(url: str, name: str) -> None:
     release = asyncio.Event()
 
     async def hang(*, n: int) -> int:
@@ -326,9 +325,7 @@ async def test_a_short_deadline_begun_after_a_long_one_ends_on_time(url: str, na
         assert await asyncio.wait_for(patient, WAIT) == 1
 
 
-async def test_calls_waiting_together_each_time_out(url: str, name: str) -> None:
-    """Several calls with different timeouts waiting at once all end with CallTimeout, the
-    later deadlines after the earlier ones."""
+async def _calls_waiting_together(url: str, name: str) -> None:
     release = asyncio.Event()
 
     async def hang(*, n: int) -> None:
@@ -349,6 +346,60 @@ async def test_calls_waiting_together_each_time_out(url: str, name: str) -> None
         assert ended == [1, 2, 0]  # in the order of their deadlines
         assert caller.in_flight == 0
         release.set()
+
+
+async def _many_short_deadlines(url: str, name: str) -> None:
+    release = asyncio.Event()
+
+    async def hang(*, i: int) -> None:
+        await release.wait()
+
+    async with rpc_pair(url, concurrency=100) as (caller, callee):
+        await callee.register(name, hang, auto_delete=True)
+
+        async def one_caller(i: int) -> list[str]:
+            outcomes = []
+            for _ in range(4):
+                try:
+                    await caller.call(name, {"i": i}, timeout=0.02 + i * 0.0003)
+                except hutch.CallTimeout:
+                    outcomes.append("timeout")
+                else:
+                    outcomes.append("reply")
+            return outcomes
+
+        results = await asyncio.wait_for(asyncio.gather(*(one_caller(i) for i in range(12))), WAIT)
+        assert [set(r) for r in results] == [{"timeout"}] * 12
+        assert caller.in_flight == 0
+        release.set()
+
+
+async def test_a_short_deadline_begun_after_a_long_one_ends_on_time(url: str, name: str) -> None:
+    """Each call ends at its own deadline: a call with a short timeout, made while one with a
+    long timeout waits, times out after its own timeout; the long one keeps waiting."""
+    await _short_deadline_after_a_long_one(url, name)
+
+
+async def test_calls_waiting_together_each_time_out(url: str, name: str) -> None:
+    """Several calls with different timeouts waiting at once all end with CallTimeout, in the
+    order of their deadlines."""
+    await _calls_waiting_together(url, name)
+
+
+async def test_many_short_deadlines_each_end_in_call_timeout(url: str, name: str) -> None:
+    """Many calls with short, close deadlines in flight at once each end with CallTimeout and
+    nothing else, and leave no pending call behind."""
+    await _many_short_deadlines(url, name)
+
+
+def test_deadlines_hold_on_uvloop(url: str, name: str) -> None:
+    """The deadline scenarios above pass on uvloop too, whose timers are rounded to whole
+    milliseconds (they may fire a little early, and one due in under half a millisecond is a
+    plain handle)."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_short_deadline_after_a_long_one(url, f"{name}.a"))
+        runner.run(_calls_waiting_together(url, f"{name}.b"))
+        runner.run(_many_short_deadlines(url, f"{name}.c"))
 
 
 async def test_late_reply_is_dropped_quietly(
