@@ -384,6 +384,30 @@ async def test_publish_nowait_of_bytes_is_written_in_the_call() -> None:
     assert not future.done()
 
 
+async def test_a_write_to_a_lost_link_does_not_take_the_next_links_held_ack() -> None:
+    """After its connection is lost, a link no longer releases the held acks of the channels
+    it had: once a channel holds an ack on the link that replaced it, a stray write to the
+    old link leaves that ack to the new one."""
+    old, channel, _old_transport = _open_channel()
+    channel.ack_delay = 60.0  # held until a flush, not sent by a timer during the test
+    delivered: dict[int, Any] = {}
+    _consume(channel, "acks", False, delivered)
+    old.data_received(_delivery(1, "acks"))
+    await delivered.pop(1).ack()
+    old.connection_lost(None)
+    new = Link(old.channels, lambda *_: None, lambda *_: None, old.frame_max)
+    new_transport = _Transport()
+    new.transport = new_transport  # type: ignore[assignment]
+    channel._begin(new)
+    new.data_received(_delivery(1, "acks"))
+    await delivered.pop(1).ack()
+    old.write(frames.HEARTBEAT)  # e.g. an operation that still held the old link
+    new._flush()
+    [frame] = _sent(new_transport)
+    assert isinstance(frame, spec.Basic.Ack)
+    assert frame.delivery_tag == 1
+
+
 # -- when writes reach the socket ---------------------------------------------------------------
 
 

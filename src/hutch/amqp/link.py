@@ -94,6 +94,9 @@ class Link(asyncio.BufferedProtocol):
         self._stop_timers()
         self.transport = None
         self._out.clear()
+        # The channels move to the next link and hold their acks there: a late write to this
+        # one must not take (and drop) them.
+        self._held.clear()
         if not self.closed.done():
             self.closed.set_result(None)
         self._writable_event.set()
