@@ -2,12 +2,13 @@
 
 ``bench_patterns.py`` runs it as a third client ("floor") in the two one-by-one scenarios, whose
 goals are ratios of broker round trips. It puts on the wire what hutch's ``Master`` and ``RPC``
-put there — a task is a persistent, mandatory, confirmed JSON publish; a call is a JSON publish
-with a correlation id, direct reply-to and an expiration, on a channel without confirms, and the
-callee replies and acks — but with nothing else: hand-packed frames, one channel per connection,
-no message objects, no error handling, no timeouts, no reconnection. The worker holds its acks
-for 1 ms and sends them as one ``basic.ack(multiple)``, as hutch's does. So its round trip is
-the broker's and the kernel's, plus the few microseconds Python needs to pack and parse a frame.
+put there: a task is a persistent, mandatory, confirmed JSON publish; a call is a mandatory JSON
+publish with a correlation id, direct reply-to, an expiration, a priority, a timestamp and type
+"call", on a channel without confirms; the callee replies and acks in one write. Nothing else:
+hand-packed frames, one channel per connection, no message objects, no error handling, no
+timeouts, no reconnection. The worker holds its acks for 1 ms and sends them as one
+``basic.ack(multiple)``, as hutch's does. So its round trip is the broker's and the kernel's,
+plus the few microseconds Python needs to pack and parse a frame.
 
 Nothing here is meant for use outside this benchmark.
 """
@@ -18,6 +19,7 @@ import asyncio
 import itertools
 import json
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -47,7 +49,9 @@ _PRIORITY = 1 << 11
 _CORRELATION_ID = 1 << 10
 _REPLY_TO_BIT = 1 << 9
 _EXPIRATION = 1 << 8
+_TIMESTAMP = 1 << 6
 _TYPE = 1 << 5
+_U64 = struct.Struct(">Q")
 
 
 def _shortstr(value: bytes) -> bytes:
@@ -59,29 +63,40 @@ def publish_frames(
     body: bytes,
     *,
     mandatory: bool = False,
-    persistent: bool = False,
+    delivery_mode: int = 0,
+    priority: int | None = None,
     correlation_id: bytes = b"",
     reply_to: bytes = b"",
     expiration: bytes = b"",
+    timestamp: int | None = None,
     type_: bytes = b"",
 ) -> bytes:
-    """One ``basic.publish`` to the default exchange: method, content header and body frames."""
+    """One ``basic.publish`` to the default exchange: method, content header and body frames
+    (a JSON body; the properties given, in their order on the wire)."""
     key = routing_key.encode()
     method = _METHOD.pack(60, 40) + b"\x00\x00\x00" + _shortstr(key) + bytes((int(mandatory),))
     flags = _CONTENT_TYPE
     fields = [_shortstr(_JSON)]
-    if persistent:
+    if delivery_mode:
         flags |= _DELIVERY_MODE
-        fields.append(b"\x02")
+        fields.append(bytes((delivery_mode,)))
+    if priority is not None:
+        flags |= _PRIORITY
+        fields.append(bytes((priority,)))
     for bit, value in (
         (_CORRELATION_ID, correlation_id),
         (_REPLY_TO_BIT, reply_to),
         (_EXPIRATION, expiration),
-        (_TYPE, type_),
     ):
         if value:
             flags |= bit
             fields.append(_shortstr(value))
+    if timestamp is not None:
+        flags |= _TIMESTAMP
+        fields.append(_U64.pack(timestamp))
+    if type_:
+        flags |= _TYPE
+        fields.append(_shortstr(type_))
     header = _CONTENT.pack(60, 0, len(body), flags) + b"".join(fields)
     return b"".join(
         (
@@ -208,7 +223,7 @@ class FloorMaster:
         self.proxy = _Proxy(self._send)
 
     def _send(self, queue: str, kwargs: dict[str, Any]) -> Awaitable[None]:
-        frames = publish_frames(queue, json.dumps(kwargs).encode(), mandatory=True, persistent=True)
+        frames = publish_frames(queue, json.dumps(kwargs).encode(), mandatory=True, delivery_mode=2)
         return self.connection.publish(frames)
 
 
@@ -307,9 +322,14 @@ class FloorRPC:
             publish_frames(
                 name,
                 json.dumps(kwargs).encode(),
+                mandatory=True,
+                delivery_mode=1,
+                priority=5,
                 correlation_id=correlation_id,
                 reply_to=_REPLY_TO.encode(),
                 expiration=self.expiration,
+                timestamp=int(time.time()),
+                type_=b"call",
             )
         )
         return future
@@ -339,6 +359,7 @@ async def serve_calls(
         reply = publish_frames(
             reply_to.decode(),
             json.dumps(result).encode(),
+            delivery_mode=1,
             correlation_id=correlation_id,
             type_=b"result",  # what aio-pika's and hutch's callers expect of a reply
         )
