@@ -21,7 +21,7 @@ import uvloop
 import hutch
 from hutch.memory import get_broker
 from hutch.patterns import RPC, MsgpackRPC, PickleRPC, UnsafeSerializerWarning
-from tests.support.rpc import Gate, observe_dead_letters
+from tests.support.rpc import FirstCallWaits, Gate, observe_dead_letters
 
 WAIT = 10  # bound on waits for events that should come at once
 
@@ -448,31 +448,22 @@ async def test_cancelled_call_leaves_no_pending_future(url: str, name: str) -> N
 async def test_callee_does_not_run_a_call_that_expired_waiting(url: str, name: str) -> None:
     """A call whose deadline passed while it waited in the queue is dropped by the broker
     (dead-lettered to rpc.dlx), never run."""
-    ran: list[int] = []
-    started = asyncio.Event()
-    release = asyncio.Event()
-
-    async def work(*, n: int) -> int:
-        ran.append(n)
-        if n == 1:
-            started.set()
-            await release.wait()
-        return n
+    work = FirstCallWaits()
 
     async with rpc_pair(url, concurrency=1) as (caller, callee):
         await callee.register(name, work, auto_delete=True)
         observed = await observe_dead_letters(caller.channel, name)
         first = asyncio.ensure_future(caller.call(name, {"n": 1}))
-        await asyncio.wait_for(started.wait(), WAIT)
+        await asyncio.wait_for(work.started.wait(), WAIT)
         with pytest.raises(hutch.CallTimeout):
             await caller.call(name, {"n": 2}, timeout=0.2)
         expired = await asyncio.wait_for(observed.get(), WAIT)
         assert expired.type == "call"
         assert expired.body == b'{"n": 2}'
-        release.set()
+        work.release.set()
         assert await first == 1
         assert await caller.call(name, {"n": 3}) == 3
-    assert ran == [1, 3]
+    assert work.ran == [1, 3]
 
 
 async def test_queue_reply_path_ends_an_expired_call_at_once(url: str, name: str) -> None:

@@ -13,7 +13,7 @@ from aio_pika.patterns.rpc import JsonRPCError
 
 import hutch
 from hutch.patterns import RPC
-from tests.support.rpc import observe_dead_letters
+from tests.support.rpc import FirstCallWaits, observe_dead_letters
 
 WAIT = 10
 
@@ -74,27 +74,18 @@ async def test_aio_pika_caller_sees_its_expired_call_dead_lettered_by_a_hutch_ca
 ) -> None:
     """A call that expires in a hutch callee's queue comes back to aio-pika's caller through
     rpc.dlx (a TimeoutError there) and is never run."""
-    ran: list[int] = []
-    started = asyncio.Event()
-    release = asyncio.Event()
-
-    async def work(*, n: int) -> int:
-        ran.append(n)
-        if n == 1:
-            started.set()
-            await release.wait()
-        return n
+    work = FirstCallWaits()
 
     async with hutch_rpc(amqp_url, concurrency=1) as callee, aio_rpc(amqp_url) as caller:
         await callee.register(name, work, auto_delete=True)
         first = asyncio.ensure_future(caller.call(name, kwargs={"n": 1}))
-        await asyncio.wait_for(started.wait(), WAIT)
+        await asyncio.wait_for(work.started.wait(), WAIT)
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(caller.call(name, kwargs={"n": 2}, expiration=0.1), WAIT)
-        release.set()
+        work.release.set()
         assert await asyncio.wait_for(first, WAIT) == 1
         assert await caller.call(name, kwargs={"n": 3}) == 3
-    assert ran == [1, 3]
+    assert work.ran == [1, 3]
 
 
 # -- hutch caller, aio-pika callee -----------------------------------------------------------
@@ -127,16 +118,7 @@ async def test_hutch_call_that_expires_at_an_aio_pika_callee_is_not_run(
 ) -> None:
     """A hutch call that expires in an aio-pika callee's queue raises CallTimeout and is never
     run (with the reply queue it comes back dead-lettered, without waiting for the deadline)."""
-    ran: list[int] = []
-    started = asyncio.Event()
-    release = asyncio.Event()
-
-    async def work(*, n: int) -> int:
-        ran.append(n)
-        if n == 1:
-            started.set()
-            await release.wait()
-        return n
+    work = FirstCallWaits()
 
     async with (
         aio_rpc(amqp_url, prefetch=1) as callee,
@@ -144,7 +126,7 @@ async def test_hutch_call_that_expires_at_an_aio_pika_callee_is_not_run(
     ):
         await callee.register(name, work, auto_delete=True)
         first = asyncio.ensure_future(caller.call(name, {"n": 1}))
-        await asyncio.wait_for(started.wait(), WAIT)
+        await asyncio.wait_for(work.started.wait(), WAIT)
         if reply_path == "queue":
             with pytest.raises(hutch.CallTimeout, match="expired in its queue"):
                 await asyncio.wait_for(
@@ -156,10 +138,10 @@ async def test_hutch_call_that_expires_at_an_aio_pika_callee_is_not_run(
                 await caller.call(name, {"n": 2}, timeout=0.2)
             expired = await asyncio.wait_for(dead.get(), WAIT)
             assert expired.body == b'{"n": 2}'
-        release.set()
+        work.release.set()
         assert await asyncio.wait_for(first, WAIT) == 1
         assert await caller.call(name, {"n": 3}) == 3
-    assert ran == [1, 3]
+    assert work.ran == [1, 3]
 
 
 async def test_hutch_and_aio_pika_callees_share_a_queue(amqp_url: str, name: str) -> None:

@@ -37,3 +37,20 @@ class Gate:
         self.started.set()
         await self.release.wait()
         return "late"
+
+
+class FirstCallWaits:
+    """A callee function ``work(n=...)`` that records every ``n`` it runs and holds the call
+    with ``n == 1`` (after saying it started) until the test releases it; returns ``n``."""
+
+    def __init__(self) -> None:
+        self.ran: list[int] = []
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, *, n: int) -> int:
+        self.ran.append(n)
+        if n == 1:
+            self.started.set()
+            await self.release.wait()
+        return n
