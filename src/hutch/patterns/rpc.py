@@ -54,14 +54,7 @@ from hutch.exceptions import (
     Unroutable,
 )
 from hutch.message import IncomingMessage, Message
-from hutch.patterns.base import (
-    MsgpackMixin,
-    PickleMixin,
-    Proxy,
-    Serializing,
-    call_handler,
-    is_async,
-)
+from hutch.patterns.base import MsgpackMixin, PickleMixin, Proxy, Serializing, call_handler
 
 log = logging.getLogger("hutch.rpc")
 
@@ -226,28 +219,24 @@ class _ReplyPath:
 
     def add_deadline(self, call: _Call, timeout: float) -> None:
         """``call`` (pending) fails with ``CallTimeout`` ``timeout`` seconds from now."""
-        loop = call.future.get_loop()
         call.timeout = timeout
-        deadline = call.deadline = loop.time() + timeout
+        deadline = call.deadline = asyncio.get_running_loop().time() + timeout
         armed = self._deadline_at
         if armed is None or deadline < armed:
-            self._arm(loop, deadline)
+            self._arm(deadline)
 
-    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+    def _arm(self, when: float) -> None:
         # The time is kept here, not asked of the handle: uvloop returns a plain Handle (no
         # ``when()``) for a timer due in under half a millisecond.
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
         self._deadline_at = when
-        self._deadline_timer = loop.call_at(when, self._expire_due)
+        self._deadline_timer = asyncio.get_running_loop().call_at(when, self._expire_due)
 
     def _expire_due(self) -> None:
         """Fail the pending calls whose deadline has come, earliest first; arm for the next."""
         self._deadline_timer = self._deadline_at = None
-        if not self.pending:
-            return
-        loop = next(iter(self.pending.values())).future.get_loop()
-        now = loop.time()
+        now = asyncio.get_running_loop().time()
         due: list[_Call] = []
         upcoming: float | None = None
         for call in self.pending.values():
@@ -261,7 +250,7 @@ class _ReplyPath:
         if upcoming is not None:
             # Never less than a millisecond ahead: uvloop rounds timers to whole milliseconds
             # and may fire one a little early, which must not turn into a busy loop.
-            self._arm(loop, max(upcoming, now + _REARM_MIN))
+            self._arm(max(upcoming, now + _REARM_MIN))
         for call in sorted(due, key=_deadline_of):
             call.expire()
 
@@ -484,13 +473,12 @@ def _direct_path(channel: Channel) -> _ReplyPath:
 
 
 class _Route:
-    __slots__ = ("name", "routing_key", "func", "is_async", "consumer_tag")
+    __slots__ = ("name", "routing_key", "func", "consumer_tag")
 
     def __init__(self, name: str, routing_key: str, func: Callable[..., Any]) -> None:
         self.name = name
         self.routing_key = routing_key
         self.func = func
-        self.is_async = is_async(func)  # once, not per call
         self.consumer_tag: str | None = None
 
 
@@ -977,10 +965,7 @@ class RPC(Serializing):
                     f"the call's body must be a mapping of keyword arguments, not "
                     f"{type(kwargs).__name__}"
                 )
-            if route.is_async:
-                result = await route.func(**kwargs)
-            else:
-                result = await call_handler(route.func, kwargs, self.executor)
+            result = await call_handler(route.func, kwargs, self.executor)
             try:
                 body = self.serialize(result)
             except Exception as exc:
