@@ -33,7 +33,6 @@ _CONTENT = struct.Struct(">HHQH")
 _TAG = struct.Struct(">QB")
 _PUBLISH = 0x003C0028
 _DELIVER = 0x003C003C
-_CONFIRM_ACK = 0x003C0050
 _RETURN = 0x003C0032
 _END = b"\xce"
 _JSON = b"application/json"
@@ -167,44 +166,26 @@ class FloorConnection(RawClient):
         self.transport.write(data)
 
     def data_received(self, data: bytes) -> None:
-        data = self.buffer + data if self.buffer else data
-        pos = 0
-        size_of = len(data)
-        while size_of - pos >= 8:
-            kind, _channel, size = _HEAD.unpack_from(data, pos)
-            end = pos + 7 + size
-            if end >= size_of:
-                break
-            if kind == 1:
-                method_id = int.from_bytes(data[pos + 7 : pos + 11], "big")
-                if method_id == _DELIVER:
-                    tag_at = pos + 12 + data[pos + 11]  # after the consumer tag
-                    self._deliver_tag = _TAG.unpack_from(data, tag_at)[0]
-                elif method_id == _CONFIRM_ACK:
-                    tag, multiple = _TAG.unpack_from(data, pos + 11)
-                    self._confirm(tag, bool(multiple & 1))
-                elif method_id == _RETURN:
-                    self._deliver_tag = 0  # its content is not a delivery
-                else:
-                    self._reply(data[pos : end + 1])
-            elif kind == 2:
-                self._header = data[pos + 7 : end]
-            elif kind == 3 and self._deliver_tag:
-                assert self.on_delivery is not None
-                self.on_delivery(self._deliver_tag, self._header, data[pos + 7 : end])
-                self._deliver_tag = 0
-            pos = end + 1
-        self.buffer = data[pos:]
+        super().data_received(data)
         if self.on_read_end is not None:
             self.on_read_end()
 
-    def _confirm(self, tag: int, multiple: bool) -> None:
-        for number in range(self.floor + 1, tag + 1) if multiple else (tag,):
-            future = self.pending.pop(number, None)
-            if future is not None:
-                future.set_result(None)
-        if multiple:
-            self.floor = max(self.floor, tag)
+    def _frame(self, kind: int, data: bytes, pos: int, end: int) -> None:
+        if kind == 1:
+            method_id = int.from_bytes(data[pos + 7 : pos + 11], "big")
+            if method_id == _DELIVER:
+                tag_at = pos + 12 + data[pos + 11]  # after the consumer tag
+                self._deliver_tag = _TAG.unpack_from(data, tag_at)[0]
+            elif method_id == _RETURN:
+                self._deliver_tag = 0  # its content is not a delivery
+            else:
+                super()._frame(kind, data, pos, end)
+        elif kind == 2:
+            self._header = data[pos + 7 : end]
+        elif kind == 3 and self._deliver_tag:
+            assert self.on_delivery is not None
+            self.on_delivery(self._deliver_tag, self._header, data[pos + 7 : end])
+            self._deliver_tag = 0
 
 
 async def connect(url: str, *, confirms: bool) -> FloorConnection:

@@ -105,19 +105,28 @@ class RawClient(asyncio.Protocol):
             end = pos + 7 + size
             if end >= len(data):
                 break
-            if kind == 1:
-                if int.from_bytes(data[pos + 7 : pos + 11], "big") == _ACK:
-                    tag, multiple = _TAG.unpack_from(data, pos + 11)
-                    tags = range(self.floor + 1, tag + 1) if multiple & 1 else (tag,)
-                    for number in tags:
-                        future = self.pending.pop(number, None)
-                        if future is not None:
-                            future.set_result(None)
-                    self.floor = max(self.floor, tag if multiple & 1 else self.floor)
-                else:
-                    self._reply(data[pos : end + 1])
+            self._frame(kind, data, pos, end)
             pos = end + 1
         self.buffer = data[pos:]
+
+    def _frame(self, kind: int, data: bytes, pos: int, end: int) -> None:
+        """One whole frame, ``data[pos : end + 1]`` (its payload is ``data[pos + 7 : end]``)."""
+        if kind != 1:
+            return
+        if int.from_bytes(data[pos + 7 : pos + 11], "big") == _ACK:
+            tag, multiple = _TAG.unpack_from(data, pos + 11)
+            self._confirm(tag, bool(multiple & 1))
+        else:
+            self._reply(data[pos : end + 1])
+
+    def _confirm(self, tag: int, multiple: bool) -> None:
+        """A publisher confirm: resolve the publish ``tag`` (and every one before it)."""
+        for number in range(self.floor + 1, tag + 1) if multiple else (tag,):
+            future = self.pending.pop(number, None)
+            if future is not None:
+                future.set_result(None)
+        if multiple:
+            self.floor = max(self.floor, tag)
 
     def _reply(self, frame: bytes) -> None:
         """A method frame that answers the synchronous request ``_expect`` waits for."""
