@@ -62,6 +62,7 @@ class Link(asyncio.BufferedProtocol):
         self._held_timer: asyncio.TimerHandle | None = None  # a held ack's delay (hold())
         self._received = False
         self._reading = False  # inside data_received: writes wait for the end of the read
+        self._flush_at_read_end = False  # ... and this says there is something to send then
         self._quiet = True  # nothing written since the last read: the next write goes at once
         self._sent = False
         self._heartbeat_handle: asyncio.TimerHandle | None = None
@@ -126,9 +127,13 @@ class Link(asyncio.BufferedProtocol):
         finally:
             self._reading = False
         # What the frames of this read made us write (acks, replies of plain callbacks) goes
-        # out now, in one write, rather than an event-loop iteration later.
+        # out now, in one write, rather than an event-loop iteration later; no loop callback
+        # was scheduled for it (a cancelled one would still cost the loop an extra turn).
         self._quiet = True
-        if self._flush_handle is not None:
+        if self._flush_at_read_end:
+            self._flush_at_read_end = False
+            self.flush_now()
+        elif self._flush_handle is not None:
             self.flush_now()
 
     def _read(self, data: bytes) -> None:
@@ -241,8 +246,10 @@ class Link(asyncio.BufferedProtocol):
         if self._held:
             self._release_held()
         self._out.append(data)
-        if self._flush_handle is None:
-            if self._quiet and not self._reading:
+        if self._reading:
+            self._flush_at_read_end = True
+        elif self._flush_handle is None:
+            if self._quiet:
                 self._quiet = False
                 self._flush()
             else:
@@ -259,8 +266,11 @@ class Link(asyncio.BufferedProtocol):
             self._held_timer = self.loop.call_later(delay, self._held_timer_fired)
 
     def flush_soon(self) -> None:
-        """Send what is queued and held at the end of this event-loop iteration."""
-        if self._flush_handle is None:
+        """Send what is queued and held at the end of this event-loop iteration (or of this
+        read, inside one)."""
+        if self._reading:
+            self._flush_at_read_end = True
+        elif self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
 
     def _held_timer_fired(self) -> None:
