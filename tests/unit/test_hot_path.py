@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -458,11 +457,19 @@ async def test_nothing_is_written_to_a_transport_that_is_closing() -> None:
     assert not link._out
 
 
-@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks came with Python 3.12")
+async def _read_as_the_loop_does(link: Link, data: bytes) -> None:
+    """Feed ``data`` to the link from a plain loop callback, outside any task, as the event
+    loop calls a protocol (tests run in a task; a consumer task starts differently there)."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    loop.call_soon(lambda: (link.data_received(data), done.set_result(None)))
+    await asyncio.wait_for(done, 5)
+
+
 async def test_an_async_callback_that_never_waits_runs_within_the_read_and_leaves_no_task() -> None:
-    """On Python 3.12+ an ``async def`` callback starts eagerly: by the time the read is
-    processed it has run in a task of its own, and a callback that never waited left no task
-    for the channel to track."""
+    """An ``async def`` callback starts eagerly (Python 3.12's eager tasks, hutch's own on
+    3.11): by the time the read is processed it has run in a task of its own, and a callback
+    that never waited left no task for the channel to track."""
     link, channel, _transport = _open_channel()
     ran: list[tuple[int, asyncio.Task[Any] | None]] = []
 
@@ -472,9 +479,47 @@ async def test_an_async_callback_that_never_waits_runs_within_the_read_and_leave
 
     method = spec.Basic.Consume(queue="q", consumer_tag="eager")
     channel._consumers["eager"] = _Consumer(method, on_message)
-    link.data_received(b"".join(_delivery(tag, "eager") for tag in (1, 2)))
+    await _read_as_the_loop_does(link, b"".join(_delivery(tag, "eager") for tag in (1, 2)))
     assert [tag for tag, _task in ran] == [1, 2]
     tasks = [task for _tag, task in ran]
     assert None not in tasks
     assert tasks[0] is not tasks[1]
     assert channel._tasks == set()
+
+
+async def test_an_async_callbacks_reply_and_ack_leave_in_the_reads_one_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An ``async def`` callback that publishes a reply and acks (an RPC callee) has both sent
+    in one write when its read ends, and the link scheduled no flush for a later loop turn."""
+    link, channel, transport = _open_channel()
+    loop = asyncio.get_running_loop()
+    scheduled: list[Any] = []
+    call_soon = loop.call_soon
+
+    def recording_call_soon(callback: Any, *args: Any, **kwargs: Any) -> asyncio.Handle:
+        scheduled.append(callback)
+        return call_soon(callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_soon", recording_call_soon)
+
+    async def on_message(message: hutch.IncomingMessage) -> None:
+        channel.publish_nowait(b"the reply", "reply-to")
+        await message.ack()
+
+    method = spec.Basic.Consume(queue="q", consumer_tag="callee")
+    channel._consumers["callee"] = _Consumer(method, on_message)
+    written: list[int] = []
+
+    def read() -> None:
+        link.data_received(_delivery(1, "callee"))
+        written.append(len(transport.writes))
+
+    call_soon(read)
+    await asyncio.sleep(0)
+    assert written == [1]
+    assert link._flush not in scheduled
+    assert b"the reply" in transport.writes[0]
+    [ack] = _sent(transport)
+    assert isinstance(ack, spec.Basic.Ack)
+    assert ack.delivery_tag == 1

@@ -18,7 +18,6 @@ import inspect
 import itertools
 import logging
 import os
-import sys
 import time
 import types
 from collections import deque
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pamqp import commands as spec
 
+from hutch._eager import start_task
 from hutch._listeners import ChannelBase
 from hutch.abc import ChannelState, ConsumerCallback, QueueInfo
 from hutch.amqp import frames
@@ -59,23 +59,6 @@ _TAG_PREFIX = f"hutch.{os.getpid()}.{os.urandom(3).hex()}"
 
 
 _CoroutineType = types.CoroutineType
-
-if sys.version_info >= (3, 12):
-
-    def _start_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]) -> Any:
-        """A consumer callback's task, started eagerly: it runs at once, inside this read, up
-        to its first real wait, and costs no task scheduling at all if it never waits (an
-        ``async def`` callback that just acks). The loop's own task factory, if set, wins."""
-        if loop.get_task_factory() is None:
-            return asyncio.Task(coro, loop=loop, eager_start=True)
-        return loop.create_task(coro)
-
-else:
-
-    def _start_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]) -> Any:
-        """A consumer callback's task (Python 3.11 has no eager tasks: it starts next loop
-        iteration)."""
-        return loop.create_task(coro)
 
 
 def _as_message(message: object, what: str) -> Message:
@@ -603,8 +586,8 @@ class Channel(ChannelBase):
             if result is _DONE or not inspect.isawaitable(result):
                 return
             result = _await(result)
-        task = _start_task(self._loop, self._guard(result))
-        if not task.done():
+        task = start_task(self._loop, self._guard(result))
+        if task is not None:
             self._tasks.add(task)
 
     async def _guard(self, coro: Coroutine[Any, Any, Any]) -> None:

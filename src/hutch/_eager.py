@@ -1,0 +1,76 @@
+"""Eager tasks on Python 3.11: a consumer callback's coroutine runs at once, in a task of its own.
+
+Python 3.12 starts a task eagerly with ``asyncio.Task(coro, eager_start=True)``: its coroutine
+runs up to its first real wait inside the call that created it, so an ``async def`` consumer
+callback that replies and acks does so within the read that brought its message, the reply and
+the ack leave in that read's one write, and a callback that never waits costs the event loop
+nothing more. On 3.11 a task always takes its first step an event-loop iteration later: for an
+RPC callee that is a loop turn (a system call) and a write more for every call.
+
+``start_task`` does on 3.11 what ``eager_start`` does on 3.12, with the task asyncio implements
+in Python (``asyncio.tasks._PyTask``, the same class as the C one, step for step): the task is
+created with a stand-in for the loop that keeps its first step instead of scheduling it, then
+given the real loop, and its first step is taken in the call, in the task's context, with the
+task as the loop's current task. From there on it is an ordinary task. So inside the callback
+``asyncio.current_task()`` is its task from the first line on, ``asyncio.timeout()``, task
+groups and cancellation reach it, and its context variables are its own. Python 3.11 takes only
+security fixes now, so the private class this leans on no longer changes; the tests in
+``tests/unit/test_eager_tasks.py`` pin down each of these properties on asyncio and uvloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+__all__ = ["start_task"]
+
+if sys.version_info >= (3, 12):
+
+    def start_task(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
+    ) -> asyncio.Task[None] | None:
+        """Run ``coro`` as a task started eagerly; ``None`` if it already finished. The loop's
+        own task factory, if set, wins."""
+        if loop.get_task_factory() is not None:
+            return loop.create_task(coro)
+        task = asyncio.Task(coro, loop=loop, eager_start=True)
+        return None if task.done() else task
+
+else:
+    from asyncio.tasks import _PyTask  # type: ignore[attr-defined]
+
+    _current_task = asyncio.current_task
+
+    class _FirstStepKept:
+        """What a task sees as its loop while it is created: the first step it schedules is
+        kept here, to be taken at once."""
+
+        __slots__ = ("_loop", "step")
+
+        def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+            self._loop = loop
+            self.step: Callable[[], None] | None = None
+
+        def get_debug(self) -> bool:
+            return self._loop.get_debug()
+
+        def call_soon(self, callback: Callable[[], None], *, context: Any = None) -> None:
+            self.step = callback
+
+    def start_task(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
+    ) -> asyncio.Task[None] | None:
+        """Run ``coro`` as a task started eagerly; ``None`` if it already finished. The loop's
+        own task factory, if set, wins; called from inside a task, the task starts as usual."""
+        if loop.get_task_factory() is not None or _current_task(loop) is not None:
+            return loop.create_task(coro)
+        kept = _FirstStepKept(loop)
+        task: asyncio.Task[None] = _PyTask(coro, loop=kept)
+        task._loop = loop  # type: ignore[misc]
+        step = kept.step
+        assert step is not None, "asyncio's Task no longer schedules its first step in __init__"
+        task._context.run(step)  # type: ignore[attr-defined]
+        return None if task.done() else task
