@@ -54,7 +54,14 @@ from hutch.exceptions import (
     Unroutable,
 )
 from hutch.message import IncomingMessage, Message
-from hutch.patterns.base import MsgpackMixin, PickleMixin, Proxy, Serializing, call_handler
+from hutch.patterns.base import (
+    MsgpackMixin,
+    PickleMixin,
+    Proxy,
+    Serializing,
+    call_handler,
+    is_async,
+)
 
 log = logging.getLogger("hutch.rpc")
 
@@ -473,12 +480,13 @@ def _direct_path(channel: Channel) -> _ReplyPath:
 
 
 class _Route:
-    __slots__ = ("name", "routing_key", "func", "consumer_tag")
+    __slots__ = ("name", "routing_key", "func", "is_async", "consumer_tag")
 
     def __init__(self, name: str, routing_key: str, func: Callable[..., Any]) -> None:
         self.name = name
         self.routing_key = routing_key
         self.func = func
+        self.is_async = is_async(func)  # awaited in the call's task; else run in a thread
         self.consumer_tag: str | None = None
 
 
@@ -947,63 +955,64 @@ class RPC(Serializing):
 
     async def _on_call(self, route: _Route, message: IncomingMessage) -> None:
         # A coroutine, so that the channel runs it as a task it owns: closing the connection
-        # cancels it as it does every consumer callback. close() waits for it first.
+        # cancels it as it does every consumer callback. close() waits for it first. (One
+        # coroutine for the whole call: each frame more is felt in a call's round trip.)
         task = asyncio.current_task()
         assert task is not None
         self._serving.add(task)
         try:
-            await self._serve(route, message)
+            kind = "result"
+            try:
+                kwargs = self._decode(message.body, message.content_type)
+                if not isinstance(kwargs, dict):
+                    raise TypeError(
+                        f"the call's body must be a mapping of keyword arguments, not "
+                        f"{type(kwargs).__name__}"
+                    )
+                if route.is_async:
+                    result = await route.func(**kwargs)
+                else:
+                    result = await call_handler(route.func, kwargs, self.executor)
+                try:
+                    body = self.serialize(result)
+                except Exception as exc:
+                    raise TypeError(
+                        f"the result of {route.name!r} ({type(result).__name__}) cannot be "
+                        f"serialized as {self.CONTENT_TYPE}: {exc}"
+                    ) from exc
+            except Exception as exc:
+                kind = "error"
+                if self.host_exceptions:
+                    log.exception("RPC function %r raised", route.name)
+                else:
+                    log.debug("RPC function %r raised %r", route.name, exc)
+                try:
+                    body = self._error_body(exc)
+                except Exception:
+                    log.exception(
+                        "the error of %r cannot be serialized; the call is dropped", route.name
+                    )
+                    await message.reject(requeue=False)
+                    return
+            reply_to = message.reply_to
+            if reply_to:
+                reply = Message(
+                    body,
+                    content_type=self.CONTENT_TYPE,
+                    correlation_id=message.correlation_id,
+                    delivery_mode=message.delivery_mode,
+                    type=kind,
+                )
+                sent = message.channel.publish_nowait(reply, reply_to)
+                if sent.done():
+                    _retrieve(sent)
+                else:
+                    sent.add_done_callback(_retrieve)
+            else:
+                log.debug("a call of %r had no reply_to: its %s is dropped", route.name, kind)
+            await message.ack()
         finally:
             self._serving.discard(task)
-
-    async def _serve(self, route: _Route, message: IncomingMessage) -> None:
-        kind = "result"
-        try:
-            kwargs = self._decode(message.body, message.content_type)
-            if not isinstance(kwargs, dict):
-                raise TypeError(
-                    f"the call's body must be a mapping of keyword arguments, not "
-                    f"{type(kwargs).__name__}"
-                )
-            result = await call_handler(route.func, kwargs, self.executor)
-            try:
-                body = self.serialize(result)
-            except Exception as exc:
-                raise TypeError(
-                    f"the result of {route.name!r} ({type(result).__name__}) cannot be "
-                    f"serialized as {self.CONTENT_TYPE}: {exc}"
-                ) from exc
-        except Exception as exc:
-            kind = "error"
-            if self.host_exceptions:
-                log.exception("RPC function %r raised", route.name)
-            else:
-                log.debug("RPC function %r raised %r", route.name, exc)
-            try:
-                body = self._error_body(exc)
-            except Exception:
-                log.exception(
-                    "the error of %r cannot be serialized; the call is dropped", route.name
-                )
-                await message.reject(requeue=False)
-                return
-        reply_to = message.reply_to
-        if reply_to:
-            reply = Message(
-                body,
-                content_type=self.CONTENT_TYPE,
-                correlation_id=message.correlation_id,
-                delivery_mode=message.delivery_mode,
-                type=kind,
-            )
-            sent = message.channel.publish_nowait(reply, reply_to)
-            if sent.done():
-                _retrieve(sent)
-            else:
-                sent.add_done_callback(_retrieve)
-        else:
-            log.debug("a call of %r had no reply_to: its %s is dropped", route.name, kind)
-        await message.ack()
 
     def _error_body(self, exc: Exception) -> bytes:
         """aio-pika JsonRPC's error body plus the traceback, as args allow."""
