@@ -8,14 +8,21 @@ nothing more. On 3.11 a task always takes its first step an event-loop iteration
 RPC callee that is a loop turn (a system call) and a write more for every call.
 
 ``start_task`` does on 3.11 what ``eager_start`` does on 3.12, with the task asyncio implements
-in Python (``asyncio.tasks._PyTask``, the same class as the C one, step for step): the task is
-created with a stand-in for the loop that keeps its first step instead of scheduling it, then
-given the real loop, and its first step is taken in the call, in the task's context, with the
-task as the loop's current task. From there on it is an ordinary task. So inside the callback
-``asyncio.current_task()`` is its task from the first line on, ``asyncio.timeout()``, task
-groups and cancellation reach it, and its context variables are its own. Python 3.11 takes only
-security fixes now, so the private class this leans on no longer changes; the tests in
-``tests/unit/test_eager_tasks.py`` pin down each of these properties on asyncio and uvloop.
+in Python (``asyncio.tasks._PyTask``, which behaves as the C task does, step for step): the task
+is created with a stand-in for the loop that keeps the first step the task schedules instead of
+scheduling it, then given the real loop, and its first step is taken in the call, in the task's
+context, with the task as the loop's current task. From there on it is an ordinary task. So
+inside the callback ``asyncio.current_task()`` is its task from the first line on,
+``asyncio.timeout()``, task groups and cancellation reach it, and its context variables are its
+own. Two differences remain on 3.11: the task is not an instance of the C ``asyncio.Task`` (nor
+of ``asyncio.Future``), and its later steps, after it first waits, run in Python (about 1 µs
+more per wait). Python 3.11 takes only security fixes now, so the private class this leans on
+no longer changes; ``tests/unit/test_eager_tasks.py`` pins down each property on asyncio and
+uvloop.
+
+``KeyboardInterrupt`` and ``SystemExit`` raised in that first step are raised again from the
+loop, after the call: the call runs inside a read from the socket, which must finish (a task
+that starts later would raise them from the loop too).
 """
 
 from __future__ import annotations
@@ -27,17 +34,33 @@ from typing import Any
 
 __all__ = ["start_task"]
 
+
+def _raise(error: BaseException) -> None:
+    raise error
+
+
+def start_task(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
+) -> asyncio.Task[None] | None:
+    """Run ``coro`` as a task started eagerly; ``None`` if it already finished. The loop's own
+    task factory, if set, wins (the task may then start later, or also have finished)."""
+    try:
+        if loop.get_task_factory() is not None:
+            task = loop.create_task(coro)
+        else:
+            task = _start_eagerly(loop, coro)
+    except (KeyboardInterrupt, SystemExit) as error:
+        loop.call_soon(_raise, error)
+        return None
+    return None if task.done() else task
+
+
 if sys.version_info >= (3, 12):
 
-    def start_task(
+    def _start_eagerly(
         loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
-    ) -> asyncio.Task[None] | None:
-        """Run ``coro`` as a task started eagerly; ``None`` if it already finished. The loop's
-        own task factory, if set, wins."""
-        if loop.get_task_factory() is not None:
-            return loop.create_task(coro)
-        task = asyncio.Task(coro, loop=loop, eager_start=True)
-        return None if task.done() else task
+    ) -> asyncio.Task[None]:
+        return asyncio.Task(coro, loop=loop, eager_start=True)
 
 else:
     from asyncio.tasks import _PyTask  # type: ignore[attr-defined]
@@ -60,12 +83,10 @@ else:
         def call_soon(self, callback: Callable[[], None], *, context: Any = None) -> None:
             self.step = callback
 
-    def start_task(
+    def _start_eagerly(
         loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
-    ) -> asyncio.Task[None] | None:
-        """Run ``coro`` as a task started eagerly; ``None`` if it already finished. The loop's
-        own task factory, if set, wins; called from inside a task, the task starts as usual."""
-        if loop.get_task_factory() is not None or _current_task(loop) is not None:
+    ) -> asyncio.Task[None]:
+        if _current_task(loop) is not None:  # inside a task: start as usual, next iteration
             return loop.create_task(coro)
         kept = _FirstStepKept(loop)
         task: asyncio.Task[None] = _PyTask(coro, loop=kept)
@@ -73,4 +94,4 @@ else:
         step = kept.step
         assert step is not None, "asyncio's Task no longer schedules its first step in __init__"
         task._context.run(step)  # type: ignore[attr-defined]
-        return None if task.done() else task
+        return task

@@ -294,7 +294,7 @@ _DELIVERY: contextvars.ContextVar[bytes] = contextvars.ContextVar("delivery")
 async def test_each_async_callback_runs_in_a_task_and_context_of_its_own(
     channel: Channel, name: str
 ) -> None:
-    """However the channel starts them (eagerly on Python 3.12+), ``async def`` callbacks each
+    """However the channel starts them (eagerly, on every Python), ``async def`` callbacks each
     run in a task of their own with their own copy of the context: what one delivery sets is
     not seen by the next, even when a callback waits and finishes after the next one ran."""
     await channel.queue_declare(name, auto_delete=True)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import subprocess
+import sys
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -169,3 +171,92 @@ def test_cancelling_the_task_before_it_ran_cancels_what_the_coroutine_waits_for(
         assert outcome == ["cancelled at its wait"]
 
     run(scenario())
+
+
+_SYSTEM_EXIT_SCRIPT = """
+import asyncio, sys, uvloop
+from hutch._eager import start_task
+
+async def body():
+    raise SystemExit("stop")
+
+async def scenario():
+    loop = asyncio.get_running_loop()
+
+    def start():
+        assert start_task(loop, body()) is None
+        print("start_task returned", flush=True)
+
+    loop.call_soon(start)
+    await asyncio.sleep(30)  # the loop raises SystemExit long before this ends
+    print("still running", flush=True)
+
+factory = uvloop.new_event_loop if sys.argv[1] == "uvloop" else asyncio.new_event_loop
+with asyncio.Runner(loop_factory=factory) as runner:
+    runner.run(scenario())
+"""
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_callbacks_system_exit_is_raised_from_the_loop_after_the_call(loop: str) -> None:
+    """``SystemExit`` (or ``KeyboardInterrupt``) raised in the first step does not escape from
+    ``start_task``, which runs inside a socket read that must finish: the loop raises it next,
+    and the program exits. (In a process of its own: it ends the process's loop.)"""
+    done = subprocess.run(
+        [sys.executable, "-c", _SYSTEM_EXIT_SCRIPT, loop],
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 3,
+    )
+    assert done.stdout.splitlines() == ["start_task returned"]
+    assert done.returncode == 1, done.stderr  # SystemExit("stop"): message on stderr, status 1
+    assert done.stderr.strip().endswith("stop")
+
+
+def test_a_loops_own_task_factory_starts_the_task(run: Any) -> None:
+    """With a task factory set on the loop, the coroutine's task comes from that factory and is
+    handed back while it runs."""
+    made: list[Any] = []
+
+    async def body() -> None:
+        await asyncio.sleep(0)
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        made.append(task)
+        return task
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(factory)
+        try:
+            task = await _from_a_loop_callback(lambda: start_task(loop, body()))
+        finally:
+            loop.set_task_factory(None)
+        assert made == [task]
+        await asyncio.wait_for(task, WAIT)
+
+    run(scenario())
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager_task_factory came with Python 3.12")
+def test_a_task_the_factory_already_finished_is_not_handed_back() -> None:
+    """A task the loop's factory ran to its end at once (``asyncio.eager_task_factory``) is not
+    handed back, so nobody keeps track of it (the channel would keep it forever). (asyncio's
+    loop only: uvloop 0.23's ``create_task`` cannot call that factory.)"""
+    ran: list[str] = []
+
+    async def body() -> None:
+        ran.append("ran")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined,unused-ignore]
+        try:
+            task = await _from_a_loop_callback(lambda: start_task(loop, body()))
+        finally:
+            loop.set_task_factory(None)
+        assert ran == ["ran"]
+        assert task is None
+
+    asyncio.run(scenario())

@@ -523,3 +523,24 @@ async def test_an_async_callbacks_reply_and_ack_leave_in_the_reads_one_write(
     [ack] = _sent(transport)
     assert isinstance(ack, spec.Basic.Ack)
     assert ack.delivery_tag == 1
+
+
+async def test_what_a_read_wrote_is_sent_even_when_the_read_fails() -> None:
+    """A read that ends in an exception (here a plain callback's ``KeyboardInterrupt``) still
+    sends what its earlier frames made the client write: nothing is left queued unsent."""
+    link, channel, transport = _open_channel()
+
+    def on_message(message: hutch.IncomingMessage) -> None:
+        if message.delivery_tag == 1:
+            message.reject(requeue=True)
+        else:
+            raise KeyboardInterrupt
+
+    method = spec.Basic.Consume(queue="q", consumer_tag="sync")
+    channel._consumers["sync"] = _Consumer(method, on_message)
+    with pytest.raises(KeyboardInterrupt):
+        link.data_received(_delivery(1, "sync") + _delivery(2, "sync"))
+    [frame] = _sent(transport)
+    assert isinstance(frame, spec.Basic.Reject)
+    assert frame.delivery_tag == 1
+    assert not link._out

@@ -968,9 +968,11 @@ class Channel(ChannelBase):
         """Start delivering messages of ``queue`` to ``callback``; return the consumer tag.
 
         ``callback(message)`` is called for each delivery, in order. If it returns an awaitable
-        (an ``async def`` callback), that runs as a task, so deliveries do not wait for each
-        other; bound them with ``set_qos``. Settle each message with ``await message.ack()``
-        (or ``nack``/``reject``) unless ``no_ack=True``.
+        (an ``async def`` callback), that runs as a task of its own, started eagerly (it runs at
+        once, up to its first wait), so deliveries do not wait for each other; bound them with
+        ``set_qos``. (On Python 3.11 that task is asyncio's Python implementation of a task:
+        ``isinstance(task, asyncio.Task)`` is false there; see ``hutch._eager``.) Settle each
+        message with ``await message.ack()`` (or ``nack``/``reject``) unless ``no_ack=True``.
         """
         tag = consumer_tag or f"{_TAG_PREFIX}.{next(_tag_counter)}"
         if tag in self._consumers:

@@ -126,15 +126,16 @@ class Link(asyncio.BufferedProtocol):
             self._read(data)
         finally:
             self._reading = False
-        # What the frames of this read made us write (acks, replies of plain callbacks) goes
-        # out now, in one write, rather than an event-loop iteration later; no loop callback
-        # was scheduled for it (a cancelled one would still cost the loop an extra turn).
-        self._quiet = True
-        if self._flush_at_read_end:
-            self._flush_at_read_end = False
-            self.flush_now()
-        elif self._flush_handle is not None:
-            self.flush_now()
+            # What the frames of this read made us write (acks, replies) goes out now, in one
+            # write, rather than an event-loop iteration later; no loop callback was scheduled
+            # for it (a cancelled one would still cost the loop an extra turn). Also when the
+            # read failed: nothing written in it is left behind.
+            self._quiet = True
+            if self._flush_at_read_end:
+                self._flush_at_read_end = False
+                self.flush_now()
+            elif self._flush_handle is not None:
+                self.flush_now()
 
     def _read(self, data: bytes) -> None:
         self._received = True
