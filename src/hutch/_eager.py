@@ -20,6 +20,9 @@ more per wait). Python 3.11 takes only security fixes now, so the private class 
 no longer changes; ``tests/unit/test_eager_tasks.py`` pins down each property on asyncio and
 uvloop.
 
+Because of that microsecond, the AMQP channel starts a task eagerly on 3.11 only where it saves
+a loop turn: for a delivery that came alone in its read (see ``Channel._run_callback``).
+
 ``KeyboardInterrupt`` and ``SystemExit`` raised in that first step are raised again from the
 loop, after the call: the call runs inside a read from the socket, which must finish (a task
 that starts later would raise them from the loop too).
@@ -32,7 +35,11 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-__all__ = ["start_task"]
+__all__ = ["EAGER_TASKS_ARE_CHEAP", "start_task"]
+
+EAGER_TASKS_ARE_CHEAP = sys.version_info >= (3, 12)
+"""Whether an eager task costs no more than a plain one (3.12+: both are C tasks). On 3.11 it
+costs about 1 µs more per task, so it is worth it only where it saves a loop turn."""
 
 
 def _raise(error: BaseException) -> None:

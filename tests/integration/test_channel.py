@@ -294,9 +294,10 @@ _DELIVERY: contextvars.ContextVar[bytes] = contextvars.ContextVar("delivery")
 async def test_each_async_callback_runs_in_a_task_and_context_of_its_own(
     channel: Channel, name: str
 ) -> None:
-    """However the channel starts them (eagerly, on every Python), ``async def`` callbacks each
-    run in a task of their own with their own copy of the context: what one delivery sets is
-    not seen by the next, even when a callback waits and finishes after the next one ran."""
+    """However the channel starts them (eagerly, or on the next loop turn), ``async def``
+    callbacks each run in a task of their own with their own copy of the context: what one
+    delivery sets is not seen by the next, even when a callback waits and finishes after the
+    next one ran."""
     await channel.queue_declare(name, auto_delete=True)
     first_waits = asyncio.Event()
     seen: list[tuple[bytes, bytes | None, bytes, asyncio.Task[Any] | None]] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -457,21 +458,23 @@ async def test_nothing_is_written_to_a_transport_that_is_closing() -> None:
     assert not link._out
 
 
-async def _read_as_the_loop_does(link: Link, data: bytes) -> None:
-    """Feed ``data`` to the link from a plain loop callback, outside any task, as the event
-    loop calls a protocol (tests run in a task; a consumer task starts differently there)."""
+async def _as_the_loop_does(read: Callable[[], object]) -> None:
+    """Run ``read`` (which feeds the link) from a plain loop callback, outside any task, as
+    the event loop calls a protocol (tests run in a task; a consumer task starts differently
+    there)."""
     loop = asyncio.get_running_loop()
     done = loop.create_future()
-    loop.call_soon(lambda: (link.data_received(data), done.set_result(None)))
+    loop.call_soon(lambda: (read(), done.set_result(None)))
     await asyncio.wait_for(done, 5)
 
 
-async def test_an_async_callback_that_never_waits_runs_within_the_read_and_leaves_no_task() -> None:
-    """An ``async def`` callback starts eagerly (Python 3.12's eager tasks, hutch's own on
-    3.11): by the time the read is processed it has run in a task of its own, and a callback
-    that never waited left no task for the channel to track."""
+async def test_an_async_callback_that_never_waits_runs_within_its_read_and_leaves_no_task() -> None:
+    """An ``async def`` callback for a delivery that came alone in its read starts eagerly
+    (Python 3.12's eager tasks, hutch's own on 3.11): when the read has been processed it has
+    run, in a task of its own, and a callback that never waited left no task to track."""
     link, channel, _transport = _open_channel()
     ran: list[tuple[int, asyncio.Task[Any] | None]] = []
+    seen_when_read: list[list[int]] = []
 
     async def on_message(message: hutch.IncomingMessage) -> None:
         ran.append((message.delivery_tag, asyncio.current_task()))
@@ -479,12 +482,41 @@ async def test_an_async_callback_that_never_waits_runs_within_the_read_and_leave
 
     method = spec.Basic.Consume(queue="q", consumer_tag="eager")
     channel._consumers["eager"] = _Consumer(method, on_message)
-    await _read_as_the_loop_does(link, b"".join(_delivery(tag, "eager") for tag in (1, 2)))
-    assert [tag for tag, _task in ran] == [1, 2]
+    for tag in (1, 2):
+
+        def read(tag: int = tag) -> None:
+            link.data_received(_delivery(tag, "eager"))
+            seen_when_read.append([tag for tag, _task in ran])
+
+        await _as_the_loop_does(read)
+    assert seen_when_read == [[1], [1, 2]]
     tasks = [task for _tag, task in ran]
     assert None not in tasks
     assert tasks[0] is not tasks[1]
     assert channel._tasks == set()
+
+
+async def test_async_callbacks_of_deliveries_sharing_a_read_ack_in_one_frame() -> None:
+    """``async def`` callbacks of deliveries that came together in one read run in delivery
+    order, so their acks coalesce into one ``basic.ack(multiple)``: none is acked on its own
+    ahead of the others."""
+    link, channel, transport = _open_channel()
+    order: list[int] = []
+
+    async def on_message(message: hutch.IncomingMessage) -> None:
+        order.append(message.delivery_tag)
+        await message.ack()
+
+    method = spec.Basic.Consume(queue="q", consumer_tag="batch")
+    channel._consumers["batch"] = _Consumer(method, on_message)
+    data = b"".join(_delivery(tag, "batch") for tag in range(1, 11))
+    await _as_the_loop_does(lambda: link.data_received(data))
+    for _ in range(3):  # the tasks' loop turn, then the end-of-iteration flush
+        await asyncio.sleep(0)
+    assert order == list(range(1, 11))
+    [ack] = _sent(transport)
+    assert isinstance(ack, spec.Basic.Ack)
+    assert (ack.delivery_tag, ack.multiple) == (10, True)
 
 
 async def test_an_async_callbacks_reply_and_ack_leave_in_the_reads_one_write(

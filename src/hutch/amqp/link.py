@@ -63,6 +63,9 @@ class Link(asyncio.BufferedProtocol):
         self._received = False
         self._reading = False  # inside data_received: writes wait for the end of the read
         self._flush_at_read_end = False  # ... and this says there is something to send then
+        # On Python 3.11 only a delivery that came alone in its read starts its consumer task
+        # eagerly (see Channel._run_callback): set for it, cleared by the channel.
+        self.eager_task_free = False
         self._quiet = True  # nothing written since the last read: the next write goes at once
         self._sent = False
         self._heartbeat_handle: asyncio.TimerHandle | None = None
@@ -207,6 +210,8 @@ class Link(asyncio.BufferedProtocol):
                                     and size == body_size
                                     and size <= frame_max
                                 ):
+                                    # the read is this delivery and nothing else
+                                    self.eager_task_free = start == 7 and body_end + 1 == total
                                     channel._on_delivery(
                                         fields,
                                         data,
