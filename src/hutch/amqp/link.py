@@ -125,6 +125,7 @@ class Link(asyncio.BufferedProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._reading = True
+        self.eager_task_free = False  # set only for a delivery that is the whole read
         try:
             self._read(data)
         finally:
