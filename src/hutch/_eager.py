@@ -47,12 +47,13 @@ def _raise(error: BaseException) -> None:
 
 
 def start_task(
-    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None], *, eager: bool = True
 ) -> asyncio.Task[None] | None:
-    """Run ``coro`` as a task started eagerly; ``None`` if it already finished. The loop's own
-    task factory, if set, wins (the task may then start later, or also have finished)."""
+    """Run ``coro`` as a task, started eagerly unless ``eager`` is false; ``None`` if it
+    already finished. The loop's own task factory, if set, wins (the task may then start
+    later, or also have finished)."""
     try:
-        if loop.get_task_factory() is not None:
+        if not eager or loop.get_task_factory() is not None:
             task = loop.create_task(coro)
         else:
             task = _start_eagerly(loop, coro)

@@ -240,7 +240,8 @@ def test_a_loops_own_task_factory_starts_the_task(run: Any) -> None:
 
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="eager_task_factory came with Python 3.12")
-def test_a_task_the_factory_already_finished_is_not_handed_back() -> None:
+@pytest.mark.parametrize("eager", [True, False])
+def test_a_task_the_factory_already_finished_is_not_handed_back(eager: bool) -> None:
     """A task the loop's factory ran to its end at once (``asyncio.eager_task_factory``) is not
     handed back, so nobody keeps track of it (the channel would keep it forever). (asyncio's
     loop only: uvloop 0.23's ``create_task`` cannot call that factory.)"""
@@ -253,7 +254,7 @@ def test_a_task_the_factory_already_finished_is_not_handed_back() -> None:
         loop = asyncio.get_running_loop()
         loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined,unused-ignore]
         try:
-            task = await _from_a_loop_callback(lambda: start_task(loop, body()))
+            task = await _from_a_loop_callback(lambda: start_task(loop, body(), eager=eager))
         finally:
             loop.set_task_factory(None)
         assert ran == ["ran"]

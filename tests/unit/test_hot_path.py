@@ -23,9 +23,10 @@ from pamqp import frame as pamqp_frame
 from pamqp import header as pamqp_header
 
 import hutch
+from hutch._eager import EAGER_TASKS_ARE_CHEAP
 from hutch.amqp import frames
 from hutch.amqp.channel import Channel, _Consumer
-from hutch.amqp.link import Link
+from hutch.amqp.link import _RECV_SIZE, Link
 from tests.support.offline import open_offline_channel
 
 
@@ -496,27 +497,104 @@ async def test_an_async_callback_that_never_waits_runs_within_its_read_and_leave
     assert channel._tasks == set()
 
 
-async def test_async_callbacks_of_deliveries_sharing_a_read_ack_in_one_frame() -> None:
-    """``async def`` callbacks of deliveries that came together in one read run in delivery
-    order, so their acks coalesce into one ``basic.ack(multiple)``: none is acked on its own
-    ahead of the others."""
-    link, channel, transport = _open_channel()
-    order: list[int] = []
+async def _written(transport: _Transport) -> None:
+    """Wait (a bounded number of loop turns) until the client wrote something."""
+    for _ in range(100):
+        if transport.writes:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the client wrote nothing")
 
+
+def _recording_consumer(channel: Channel, tag: str, order: list[int]) -> None:
     async def on_message(message: hutch.IncomingMessage) -> None:
         order.append(message.delivery_tag)
         await message.ack()
 
-    method = spec.Basic.Consume(queue="q", consumer_tag="batch")
-    channel._consumers["batch"] = _Consumer(method, on_message)
+    channel._consumers[tag] = _Consumer(spec.Basic.Consume(queue="q", consumer_tag=tag), on_message)
+
+
+async def test_async_callbacks_of_deliveries_sharing_a_read_ack_in_one_frame() -> None:
+    """``async def`` callbacks of deliveries that came together in one read run in delivery
+    order, so their acks coalesce into one ``basic.ack(multiple)``: none is acked on its own
+    ahead of the others. On Python 3.11 none of them starts within the read (there an eager
+    task costs more than the loop turn it would save); on 3.12+ all do."""
+    link, channel, transport = _open_channel()
+    order: list[int] = []
+    within_the_read: list[list[int]] = []
+    _recording_consumer(channel, "batch", order)
     data = b"".join(_delivery(tag, "batch") for tag in range(1, 11))
-    await _as_the_loop_does(lambda: link.data_received(data))
-    for _ in range(3):  # the tasks' loop turn, then the end-of-iteration flush
-        await asyncio.sleep(0)
+
+    def read() -> None:
+        link.data_received(data)
+        within_the_read.append(list(order))
+
+    await _as_the_loop_does(read)
+    await _written(transport)
+    assert within_the_read == [list(range(1, 11)) if EAGER_TASKS_ARE_CHEAP else []]
     assert order == list(range(1, 11))
     [ack] = _sent(transport)
     assert isinstance(ack, spec.Basic.Ack)
     assert (ack.delivery_tag, ack.multiple) == (10, True)
+
+
+async def test_a_delivery_after_a_full_read_does_not_overtake_the_reads_tasks() -> None:
+    """When a read filled the buffer, the next can come in the same loop callback (uvloop and
+    asyncio's TLS read again at once), before the tasks of the first took their first step: a
+    delivery that is alone in that second read still starts after them, and every ack is a
+    coalesced one (an ack out of order would go on its own, without ``multiple``)."""
+    link, channel, transport = _open_channel()
+    order: list[int] = []
+    _recording_consumer(channel, "full", order)
+    one = len(_delivery(1, "full"))
+    count = _RECV_SIZE // one + 1  # the buffer fills inside the last delivery
+    assert _RECV_SIZE % one, "the cut must fall inside a delivery"
+    data = b"".join(_delivery(tag, "full") for tag in range(1, count + 1))
+    first, rest = data[:_RECV_SIZE], data[_RECV_SIZE:]
+
+    def reads() -> None:
+        link.data_received(first)
+        link.data_received(rest)  # the rest of the last delivery: alone in its read
+
+    await _as_the_loop_does(reads)
+    await _written(transport)
+    assert order == list(range(1, count + 1))
+    acks = _sent(transport)
+    assert acks, "nothing was acked"
+    assert all(isinstance(ack, spec.Basic.Ack) and ack.multiple for ack in acks), acks
+    assert [ack.delivery_tag for ack in acks] == sorted({ack.delivery_tag for ack in acks})
+    assert acks[-1].delivery_tag == count
+
+
+async def test_a_delivery_that_is_not_whole_in_its_read_is_not_taken_for_a_lone_one() -> None:
+    """A delivery whose content arrives in a later read than its method is dispatched from
+    that read without counting as alone in it, even after a lone delivery whose callback was
+    a plain function (which leaves the link's mark unused): on Python 3.11 it starts on the
+    next loop turn; on 3.12+ within the read, as every task does."""
+    link, channel, transport = _open_channel()
+    order: list[int] = []
+    _recording_consumer(channel, "split", order)
+    channel._consumers["plain"] = _Consumer(
+        spec.Basic.Consume(queue="q", consumer_tag="plain"), lambda m: m.ack()
+    )
+    delivery = _delivery(2, "split")
+    method_end = 8 + int.from_bytes(delivery[3:7], "big")
+    within_the_read: list[list[int]] = []
+
+    def reads() -> None:
+        link.data_received(_delivery(1, "plain"))  # alone, to a plain callback
+        link.data_received(delivery[:method_end])  # the method alone
+        link.data_received(delivery[method_end:])  # its header and body
+        within_the_read.append(list(order))
+
+    await _as_the_loop_does(reads)
+    await _written(transport)
+    assert within_the_read == [[2] if EAGER_TASKS_ARE_CHEAP else []]
+    for _ in range(100):
+        if order:
+            break
+        await asyncio.sleep(0)
+    assert order == [2]
 
 
 async def test_an_async_callbacks_reply_and_ack_leave_in_the_reads_one_write(

@@ -586,22 +586,23 @@ class Channel(ChannelBase):
             if result is _DONE or not inspect.isawaitable(result):
                 return
             result = _await(result)
+        # On Python 3.11 an eager task is asyncio's Python one, about 1 µs more per delivery:
+        # it starts eagerly only for a delivery that came alone in its read (a call to a
+        # callee, a task awaited one by one), whose reply and ack then leave with the read's
+        # write. Deliveries that share a read share the next loop turn anyway, and one started
+        # ahead of the others would ack out of order (an ack of its own instead of joining the
+        # coalesced one). Nor does a delivery alone in a read that follows a full one (uvloop
+        # and asyncio's TLS read again at once then, before the full read's tasks started). A
+        # lone delivery the link did not parse in one piece (a heartbeat in the same read,
+        # content split across reads) starts on the next turn: that costs a turn, not an order.
         link = self._link
-        if EAGER_TASKS_ARE_CHEAP or (link is not None and link.eager_task_free):
-            if link is not None:
-                link.eager_task_free = False
-            task = start_task(self._loop, self._guard(result))
-            if task is None:
-                return
-        else:
-            # Python 3.11 and a delivery that shares its read: an eager task there is asyncio's
-            # Python one, about 1 µs more per delivery, deliveries that come many per read
-            # share the next loop turn anyway, and one started ahead of the others would ack
-            # out of order (an ack of its own instead of a coalesced one). A delivery alone in
-            # its read (a call to a callee, a task awaited one by one) starts at once: its reply
-            # and ack then leave with the read's write.
-            task = self._loop.create_task(self._guard(result))
-        self._tasks.add(task)
+        eager = EAGER_TASKS_ARE_CHEAP
+        if link is not None and link.eager_task_free:
+            link.eager_task_free = False
+            eager = True
+        task = start_task(self._loop, self._guard(result), eager=eager)
+        if task is not None:
+            self._tasks.add(task)
 
     async def _guard(self, coro: Coroutine[Any, Any, Any]) -> None:
         # One coroutine frame instead of a done callback: no extra loop callback per delivery.

@@ -66,6 +66,10 @@ class Link(asyncio.BufferedProtocol):
         # On Python 3.11 only a delivery that came alone in its read starts its consumer task
         # eagerly (see Channel._run_callback): set for it, cleared by the channel.
         self.eager_task_free = False
+        # Whether the last read filled the buffer: then the next may come in the same loop
+        # callback (uvloop, and asyncio's TLS, read again at once), before the tasks the last
+        # one started took their first step, so no delivery in it counts as alone.
+        self._after_full_read = False
         self._quiet = True  # nothing written since the last read: the next write goes at once
         self._sent = False
         self._heartbeat_handle: asyncio.TimerHandle | None = None
@@ -126,8 +130,9 @@ class Link(asyncio.BufferedProtocol):
     def data_received(self, data: bytes) -> None:
         self._reading = True
         self.eager_task_free = False  # set only for a delivery that is the whole read
+        after_full, self._after_full_read = self._after_full_read, len(data) >= _RECV_SIZE
         try:
-            self._read(data)
+            self._read(data, after_full)
         finally:
             self._reading = False
             # What the frames of this read made us write (acks, replies) goes out now, in one
@@ -141,7 +146,7 @@ class Link(asyncio.BufferedProtocol):
             elif self._flush_handle is not None:
                 self.flush_now()
 
-    def _read(self, data: bytes) -> None:
+    def _read(self, data: bytes, after_full: bool = False) -> None:
         self._received = True
         if self._leftover:
             data = self._leftover + data
@@ -212,7 +217,9 @@ class Link(asyncio.BufferedProtocol):
                                     and size <= frame_max
                                 ):
                                     # the read is this delivery and nothing else
-                                    self.eager_task_free = start == 7 and body_end + 1 == total
+                                    self.eager_task_free = (
+                                        start == 7 and body_end + 1 == total and not after_full
+                                    )
                                     channel._on_delivery(
                                         fields,
                                         data,
