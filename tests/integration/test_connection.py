@@ -9,9 +9,11 @@ import time
 from urllib.parse import quote
 
 import pytest
+import uvloop
 
 import hutch
 from hutch.amqp import connect
+from hutch.amqp.link import BufferedLink
 from tests.support.brokers import Broker
 from tests.support.logwatch import LogWatch
 from tests.support.proxy import Proxy
@@ -32,6 +34,35 @@ async def test_handshake_reports_the_broker_and_negotiated_settings(amqp_url: st
         assert connection.server_properties["product"] == "RabbitMQ"
         assert connection.heartbeat == 3
         assert connection.is_connected
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_each_loop_gets_the_link_that_reads_cheapest_on_it(
+    amqp_url: str, name: str, loop: str
+) -> None:
+    """On asyncio's loop the socket reads into the link's own buffer (``BufferedLink``); on
+    uvloop, which reads into a buffer of its own, the link is a plain protocol. Either way a
+    message makes the round trip."""
+    factory = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
+
+    async def scenario() -> None:
+        connection = await connect(amqp_url)
+        try:
+            link = connection._link
+            assert isinstance(link, BufferedLink) == (loop == "asyncio")
+            assert isinstance(link, asyncio.BufferedProtocol) == (loop == "asyncio")
+            channel = await connection.channel()
+            await channel.queue_declare(name, auto_delete=True)
+            await channel.publish(b"there and back", name)
+            message = await channel.get(name)
+            assert message is not None
+            assert message.body == b"there and back"
+            await message.ack()
+        finally:
+            await connection.close()
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(scenario())
 
 
 async def test_small_frame_max_splits_large_bodies_correctly(amqp_url: str, name: str) -> None:

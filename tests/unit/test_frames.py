@@ -21,7 +21,7 @@ from pamqp import frame as pamqp_frame
 from pamqp import header as pamqp_header
 
 from hutch.amqp import frames
-from hutch.amqp.link import Link
+from hutch.amqp.link import BufferedLink, Link
 from hutch.exceptions import ProtocolError
 from hutch.message import IncomingMessage, Message, make_incoming
 
@@ -474,13 +474,13 @@ async def test_frames_split_across_reads_reach_the_channel_whole() -> None:
 
 
 async def test_reads_into_the_links_own_buffer_reach_the_channel_whole() -> None:
-    """Bytes the transport reads into ``get_buffer()`` (asyncio's BufferedProtocol path) give
-    the channel the same frames as ``data_received``."""
+    """Bytes the transport reads into ``get_buffer()`` (``BufferedLink``, asyncio's
+    BufferedProtocol path) give the channel the same frames as ``data_received``."""
     stream = _stream()
     whole = _Recorder()
     Link({1: whole}, lambda *_: None, lambda *_: None, 131072).data_received(stream)  # type: ignore[dict-item]
     recorder = _Recorder()
-    link = Link({1: recorder}, lambda *_: None, lambda *_: None, 131072)  # type: ignore[dict-item]
+    link = BufferedLink({1: recorder}, lambda *_: None, lambda *_: None, 131072)  # type: ignore[dict-item]
     for start in range(0, len(stream), 50):
         piece = stream[start : start + 50]
         buffer = link.get_buffer(-1)

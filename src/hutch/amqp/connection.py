@@ -24,7 +24,7 @@ from hutch._listeners import ConnectionBase
 from hutch.abc import ConnectionState
 from hutch.amqp import frames
 from hutch.amqp.channel import Channel
-from hutch.amqp.link import Link
+from hutch.amqp.link import Link, new_link
 from hutch.amqp.url import _OPTIONS as URL_OPTIONS
 from hutch.amqp.url import ConnectionParameters, parse_url
 from hutch.exceptions import (
@@ -165,7 +165,9 @@ class Connection(ConnectionBase):
         included), so no transport is left behind.
         """
         loop = asyncio.get_running_loop()
-        link = Link(self._channels, self._on_channel0, self._on_link_lost, params.frame_max)
+        link = new_link(
+            loop, self._channels, self._on_channel0, self._on_link_lost, params.frame_max
+        )
         try:
             context = self._ssl_context(params)
         except (OSError, ValueError) as exc:

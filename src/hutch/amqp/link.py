@@ -32,11 +32,28 @@ _ACK = frames.BASIC_ACK
 _decode_deliver = frames.decode_deliver
 _unpack_u32 = struct.Struct(">I").unpack_from
 _RECV_SIZE = 256 * 1024  # what asyncio reads at most per recv() by default
+# A read at least this big may have filled the event loop's read buffer (asyncio's 256 KiB,
+# uvloop's 256,000 bytes), and then the loop may read again at once, in the same callback.
+_FULL_READ = 64 * 1024
 # a content header frame's head and its class, weight and body size
 _unpack_content = struct.Struct(">BHIHHQ").unpack_from
 
 
-class Link(asyncio.BufferedProtocol):
+def new_link(
+    loop: asyncio.AbstractEventLoop,
+    channels: dict[int, Channel],
+    on_channel0: Callable[[Link, frames.Method], None],
+    on_lost: Callable[[Link, HutchConnectionError], None],
+    frame_max: int,
+) -> Link:
+    """The link for a new socket on ``loop``: on asyncio's own loops one that reads into a
+    buffer of its own (``BufferedLink``); on others (uvloop), which read into a buffer they
+    keep and hand over the bytes, a plain protocol, which costs them less per read."""
+    cls = BufferedLink if isinstance(loop, asyncio.BaseEventLoop) else Link
+    return cls(channels, on_channel0, on_lost, frame_max)
+
+
+class Link(asyncio.Protocol):
     """The socket side of a connection. Created by ``loop.create_connection``."""
 
     def __init__(
@@ -57,7 +74,6 @@ class Link(asyncio.BufferedProtocol):
         self._leftover = b""
         self._out: list[bytes] = []
         self._held: list[Channel] = []  # channels holding a coalesced ack (Channel._settle)
-        self._recv_view = memoryview(bytearray(_RECV_SIZE))
         self._flush_handle: asyncio.Handle | None = None
         self._held_timer: asyncio.TimerHandle | None = None  # a held ack's delay (hold())
         self._received = False
@@ -118,19 +134,10 @@ class Link(asyncio.BufferedProtocol):
         self._paused = False
         self._update_writable()
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        # The socket reads into one buffer this link keeps, instead of asyncio allocating a
-        # 256 KiB bytes object per read: with glibc that allocation can cost an mmap, mremap
-        # and munmap per read (tens of µs), which dominates a small read's cost.
-        return self._recv_view
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._recv_view[:nbytes].tobytes())
-
     def data_received(self, data: bytes) -> None:
         self._reading = True
         self.eager_task_free = False  # set only for a delivery that is the whole read
-        after_full, self._after_full_read = self._after_full_read, len(data) >= _RECV_SIZE
+        after_full, self._after_full_read = self._after_full_read, len(data) >= _FULL_READ
         try:
             self._read(data, after_full)
         finally:
@@ -410,3 +417,26 @@ class Link(asyncio.BufferedProtocol):
 
     def extra(self, name: str) -> Any:
         return self.transport.get_extra_info(name) if self.transport is not None else None
+
+
+class BufferedLink(Link, asyncio.BufferedProtocol):
+    """A ``Link`` for asyncio's own event loops: the socket reads into one buffer the link
+    keeps, instead of asyncio allocating a 256 KiB bytes object per read (with glibc that
+    allocation can cost an mmap, mremap and munmap per read, tens of µs, which dominates a
+    small read's cost)."""
+
+    def __init__(
+        self,
+        channels: dict[int, Channel],
+        on_channel0: Callable[[Link, frames.Method], None],
+        on_lost: Callable[[Link, HutchConnectionError], None],
+        frame_max: int,
+    ) -> None:
+        super().__init__(channels, on_channel0, on_lost, frame_max)
+        self._recv_view = memoryview(bytearray(_RECV_SIZE))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._recv_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._recv_view[:nbytes].tobytes())
