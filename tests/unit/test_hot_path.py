@@ -538,19 +538,33 @@ async def test_async_callbacks_of_deliveries_sharing_a_read_ack_in_one_frame() -
     assert (ack.delivery_tag, ack.multiple) == (10, True)
 
 
-async def test_a_delivery_after_a_full_read_does_not_overtake_the_reads_tasks() -> None:
-    """When a read filled the buffer, the next can come in the same loop callback (uvloop and
-    asyncio's TLS read again at once), before the tasks of the first took their first step: a
-    delivery that is alone in that second read still starts after them, and every ack is a
-    coalesced one (an ack out of order would go on its own, without ``multiple``)."""
+@pytest.mark.parametrize("full", [_RECV_SIZE, 256_000], ids=["asyncio-buffer", "uvloop-buffer"])
+async def test_a_delivery_after_a_full_read_does_not_overtake_the_reads_tasks(full: int) -> None:
+    """When a read filled the loop's buffer (asyncio's 256 KiB, uvloop's 256,000 bytes), the
+    next can come in the same loop callback (uvloop and asyncio's TLS read again at once),
+    before the tasks of the first took their first step: a delivery that is alone in that
+    second read still starts after them, and every ack is a coalesced one (an ack out of order
+    would go on its own, without ``multiple``)."""
     link, channel, transport = _open_channel()
     order: list[int] = []
-    _recording_consumer(channel, "full", order)
-    one = len(_delivery(1, "full"))
-    count = _RECV_SIZE // one + 1  # the buffer fills inside the last delivery
-    assert _RECV_SIZE % one, "the cut must fall inside a delivery"
-    data = b"".join(_delivery(tag, "full") for tag in range(1, count + 1))
-    first, rest = data[:_RECV_SIZE], data[_RECV_SIZE:]
+    # A consumer tag whose length puts the buffer's end inside the last delivery's method
+    # frame: that delivery is then whole, and alone, in the second read.
+    for length in range(1, 200):
+        tag = "c" * length
+        one = len(_delivery(1, tag))
+        method = len(
+            pamqp_frame.marshal(
+                spec.Basic.Deliver(consumer_tag=tag, delivery_tag=1, routing_key="q"), 1
+            )
+        )
+        if 0 < full % one < method:
+            break
+    else:
+        raise AssertionError("no consumer tag puts the cut inside a method frame")
+    _recording_consumer(channel, tag, order)
+    count = full // one + 1
+    data = b"".join(_delivery(number, tag) for number in range(1, count + 1))
+    first, rest = data[:full], data[full:]
 
     def reads() -> None:
         link.data_received(first)

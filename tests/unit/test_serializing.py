@@ -24,10 +24,10 @@ _JSON = st.recursive(
 _SERIALIZER = Serializing()
 
 
-def _outcome(parse: Any, data: bytes) -> tuple[str, Any]:
+def _outcome(parse: Any, data: Any) -> tuple[str, Any]:
     try:
         return "value", parse(data)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         return type(exc).__name__, str(exc)
 
 
@@ -63,3 +63,12 @@ def test_a_value_that_json_cannot_write_raises_as_json_dumps_does() -> None:
     """An object JSON cannot encode raises ``TypeError``, naming its type."""
     with pytest.raises(TypeError, match="set"):
         _SERIALIZER.serialize({"a": {1, 2}})
+
+
+@given(_JSON)
+def test_text_and_other_bytes_like_bodies_decode_as_json_loads_decodes_them(value: Any) -> None:
+    """A ``str``, a ``bytearray`` or a ``memoryview`` (as a subclass may pass on) gives what
+    ``json.loads`` gives for it, value or error."""
+    text = json.dumps(value)
+    for data in (text, bytearray(text.encode()), memoryview(text.encode())):
+        assert _outcome(_SERIALIZER.deserialize, data) == _outcome(json.loads, data)  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ from hutch.exceptions import DecodeError
 
 # One encoder for every message: ``json.dumps(..., ensure_ascii=False)`` builds a new one per call.
 _JSON_ENCODER = json.JSONEncoder(ensure_ascii=False)
-_json_raw_decode = json.JSONDecoder().raw_decode
+_JSON_DECODER = json.JSONDecoder()
 
 
 class Serializing:
@@ -38,13 +38,15 @@ class Serializing:
         # encoding and matching whitespace. A UTF-8 body that is one JSON value and nothing
         # else, which is what every client here sends, goes straight to the C scanner; anything
         # else goes to json.loads, which gives the same value, or the same error.
+        if data.__class__ is not bytes:  # str, or another bytes-like object: json.loads' rules
+            return json.loads(data)
         try:
             text = data.decode()
-            value, end = _json_raw_decode(text)
+            value, end = _JSON_DECODER.raw_decode(text)
         except ValueError:  # not UTF-8, leading whitespace, or not JSON
             return json.loads(data)
         if end != len(text):  # trailing whitespace, or more after the value
-            return json.loads(data)
+            return _JSON_DECODER.decode(text)  # what json.loads does with the decoded text
         return value
 
     def _decode(self, body: bytes, content_type: str | None) -> Any:
