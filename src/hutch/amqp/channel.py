@@ -596,10 +596,7 @@ class Channel(ChannelBase):
         # lone delivery the link did not parse in one piece (a heartbeat in the same read,
         # content split across reads) starts on the next turn: that costs a turn, not an order.
         link = self._link
-        eager = EAGER_TASKS_ARE_CHEAP
-        if link is not None and link.eager_task_free:
-            link.eager_task_free = False
-            eager = True
+        eager = EAGER_TASKS_ARE_CHEAP or (link is not None and link.eager_task_free)
         task = start_task(self._loop, self._guard(result), eager=eager)
         if task is not None:
             self._tasks.add(task)

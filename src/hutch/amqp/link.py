@@ -80,7 +80,7 @@ class Link(asyncio.Protocol):
         self._reading = False  # inside data_received: writes wait for the end of the read
         self._flush_at_read_end = False  # ... and this says there is something to send then
         # On Python 3.11 only a delivery that came alone in its read starts its consumer task
-        # eagerly (see Channel._run_callback): set for it, cleared by the channel.
+        # eagerly (see Channel._run_callback): true while the link hands over such a delivery.
         self.eager_task_free = False
         # Whether the last read filled the buffer: then the next may come in the same loop
         # callback (uvloop, and asyncio's TLS, read again at once), before the tasks the last
@@ -136,10 +136,8 @@ class Link(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._reading = True
-        self.eager_task_free = False  # set only for a delivery that is the whole read
-        after_full, self._after_full_read = self._after_full_read, len(data) >= _FULL_READ
         try:
-            self._read(data, after_full)
+            self._read(data)
         finally:
             self._reading = False
             # What the frames of this read made us write (acks, replies) goes out now, in one
@@ -153,8 +151,9 @@ class Link(asyncio.Protocol):
             elif self._flush_handle is not None:
                 self.flush_now()
 
-    def _read(self, data: bytes, after_full: bool = False) -> None:
+    def _read(self, data: bytes) -> None:
         self._received = True
+        after_full, self._after_full_read = self._after_full_read, len(data) >= _FULL_READ
         if self._leftover:
             data = self._leftover + data
             self._leftover = b""
@@ -234,6 +233,7 @@ class Link(asyncio.Protocol):
                                         head_end,
                                         data[head_end + 8 : body_end],
                                     )
+                                    self.eager_task_free = False
                                     pos = body_end + 1
                                     continue
                         channel._on_deliver(*fields)
